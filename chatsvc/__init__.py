@@ -1,0 +1,87 @@
+"""chatsvc: run Experts and Workflows and stream their logs to the Chat page."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.routing import BaseConverter
+
+from chatsvc import errors
+from chatsvc.config import Config, current_config  # noqa: F401  (re-exported)
+from flask_smorest import Api
+
+from chatsvc.extensions import db, jwt
+from chatsvc.api.schemas import ErrorSchema
+from chatsvc.runs import runtime
+
+
+class ChatsvcApi(Api):
+    """flask-smorest's Api, documenting errors with our envelope's schema."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+
+class RunIdConverter(BaseConverter):
+    """Run ids are opaque tokens without ``:`` or ``/``, so ``/runs/<id>:cancel`` routes cleanly."""
+
+    regex = r"[A-Za-z0-9_-]{1,64}"
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the app: config, extensions, blueprints, run registry and executor."""
+    config = config or Config.from_env()
+    config.validate()
+    app = Flask(__name__, instance_path=config.instance_path or None)
+    if not config.jwt_secret:
+        log.warning("CHATSVC_JWT_SECRET is not set: using the development secret")
+    os.makedirs(app.instance_path, exist_ok=True)
+    database_url = config.database_url or f"sqlite:///{os.path.join(app.instance_path, 'chatsvc.db')}"
+    app.config.update(
+        CHATSVC=config,
+        SQLALCHEMY_DATABASE_URI=database_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        JWT_SECRET_KEY=config.effective_jwt_secret,
+        JWT_ACCESS_TOKEN_EXPIRES=config.jwt_expires_seconds,
+        JWT_TOKEN_LOCATION=["headers"],
+        SECRET_KEY=config.effective_jwt_secret,
+        MAX_CONTENT_LENGTH=config.max_body_bytes,
+        API_TITLE="chatsvc",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+    )
+    db.init_app(app)
+    jwt.init_app(app)
+    app.url_map.converters["run_id"] = RunIdConverter
+    runtime.init_app(app, config)
+    _register_blueprints(app, ChatsvcApi(app))
+    from chatsvc.security import caller
+
+    caller.init_app(app)
+    errors.init_app(app)  # after Api: our envelope replaces flask-smorest's handler
+    return app
+
+
+def _register_blueprints(app: Flask, api: Api) -> None:
+    from chatsvc.api import auth, chat, experts, health, pages, service_accounts, streams, teams, users, workflows
+
+    for module in (health, auth, users, teams, service_accounts, experts, workflows, chat, streams):
+        api.register_blueprint(module.blp)
+    app.register_blueprint(pages.bp)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_foreign_keys(dbapi_connection, _record) -> None:
+    """SQLite enforces foreign keys (and so ON DELETE CASCADE) only when asked to."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()

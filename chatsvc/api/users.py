@@ -1,0 +1,65 @@
+"""Platform users (platform admins only)."""
+
+from flask import url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from chatsvc import accounts
+from chatsvc.extensions import db
+from chatsvc.models import User
+from chatsvc.security.caller import authenticate, get_caller
+from chatsvc.security.permissions import get_or_404, require_platform_admin
+from sqlalchemy import select
+
+from .pagination import paginate
+from .schemas import PaginationArgs, UserSchema, UserUpdateSchema
+
+blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Users")
+blp.before_request(authenticate)
+
+
+@blp.route("")
+class Users(MethodView):
+    @blp.arguments(PaginationArgs, location="query")
+    @blp.response(200, UserSchema(many=True))
+    def get(self, args):
+        """List users."""
+        require_platform_admin(get_caller())
+        return paginate(select(User).order_by(User.id), args)
+
+    @blp.arguments(UserSchema)
+    @blp.response(201, UserSchema)
+    def post(self, body):
+        """Create a user."""
+        require_platform_admin(get_caller())
+        user = accounts.create_user(body["email"], body["password"], is_admin=body["is_admin"])
+        return user, 201, {"Location": url_for("users.UserItem", user_id=user.id)}
+
+
+@blp.route("/<int:user_id>")
+class UserItem(MethodView):
+    @blp.response(200, UserSchema)
+    def get(self, user_id):
+        """Get a user."""
+        require_platform_admin(get_caller())
+        return get_or_404(User, user_id)
+
+    @blp.arguments(UserUpdateSchema)
+    @blp.response(200, UserSchema)
+    def patch(self, body, user_id):
+        """Change a user's password or platform-admin flag."""
+        require_platform_admin(get_caller())
+        user = get_or_404(User, user_id)
+        if "password" in body:
+            user.set_password(body["password"])
+        if "is_admin" in body:
+            user.is_admin = body["is_admin"]
+        db.session.commit()
+        return user
+
+    @blp.response(204)
+    def delete(self, user_id):
+        """Delete a user."""
+        require_platform_admin(get_caller())
+        db.session.delete(get_or_404(User, user_id))
+        db.session.commit()

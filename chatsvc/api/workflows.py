@@ -1,0 +1,109 @@
+"""Workflows: DAGs of node services, saved with their graph."""
+
+from flask import url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from chatsvc.extensions import db
+from chatsvc.models import Edge, Expert, Node, Workflow, WorkflowService
+from chatsvc.security.caller import authenticate, get_caller
+from chatsvc.security.permissions import (
+    get_or_404,
+    manageable,
+    require_team_admin,
+    visible_workflows,
+    workflow_for_use,
+)
+from chatsvc.services.workflow_graph import check_graph
+
+from .links import register_link_routes
+from .pagination import paginate
+from .schemas import PaginationArgs, WorkflowOutSchema, WorkflowSchema, WorkflowUpdateSchema
+from .teams_check import existing_team_id
+
+blp = Blueprint("workflows", __name__, url_prefix="/api/v1/workflows", description="Workflows")
+blp.before_request(authenticate)
+
+
+def expert_team_id(expert_id: int) -> int | None:
+    return db.session.scalar(select(Expert.team_id).where(Expert.id == expert_id))
+
+
+def _node_docs(nodes: list[dict]) -> list[dict]:
+    return [{"key": n["key"], "node_type": n["node_type"], "metadata": n["meta"]} for n in nodes]
+
+
+def _replace_graph(workflow: Workflow, nodes: list[dict], edges: list[dict]) -> None:
+    """Swap in a new, already validated graph; node ids follow the document's order."""
+    workflow.edges.clear()
+    workflow.nodes.clear()
+    db.session.flush()  # delete old rows first: keys must stay unique per workflow
+    by_key = {}
+    for doc in nodes:
+        node = Node(key=doc["key"], node_type=doc["node_type"], meta=doc["meta"])
+        workflow.nodes.append(node)
+        by_key[node.key] = node
+    db.session.flush()  # assigns node ids, in document order
+    for doc in edges:
+        workflow.edges.append(Edge(source=by_key[doc["source"]], target=by_key[doc["target"]]))
+
+
+@blp.route("")
+class Workflows(MethodView):
+    @blp.arguments(PaginationArgs, location="query")
+    @blp.response(200, WorkflowOutSchema(many=True))
+    def get(self, args):
+        """List the workflows the caller may use."""
+        return paginate(visible_workflows(get_caller()), args)
+
+    @blp.arguments(WorkflowSchema)
+    @blp.response(201, WorkflowOutSchema)
+    def post(self, body):
+        """Create a workflow with its graph (validated: 422 names the offending nodes)."""
+        team_id = existing_team_id(body["team_id"])
+        require_team_admin(get_caller(), team_id)
+        check_graph(team_id, _node_docs(body["nodes"]), body["edges"], expert_team_id)
+        workflow = Workflow(team_id=team_id, name=body["name"], description=body["description"])
+        db.session.add(workflow)
+        _replace_graph(workflow, body["nodes"], body["edges"])
+        db.session.commit()
+        return workflow, 201, {"Location": url_for("workflows.WorkflowItem", workflow_id=workflow.id)}
+
+
+@blp.route("/<int:workflow_id>")
+class WorkflowItem(MethodView):
+    @blp.response(200, WorkflowOutSchema)
+    def get(self, workflow_id):
+        """Get a workflow with its graph."""
+        return workflow_for_use(get_caller(), workflow_id)
+
+    @blp.arguments(WorkflowUpdateSchema)
+    @blp.response(200, WorkflowOutSchema)
+    def patch(self, body, workflow_id):
+        """Change a workflow; `nodes` and `edges` replace the graph (send both, or one to keep the other)."""
+        workflow = manageable(get_caller(), get_or_404(Workflow, workflow_id))
+        for name in ("name", "description"):
+            if name in body:
+                setattr(workflow, name, body[name])
+        if "nodes" in body or "edges" in body:
+            nodes = body.get("nodes")
+            if nodes is None:
+                nodes = [{"key": n.key, "node_type": n.node_type, "meta": n.meta} for n in workflow.nodes]
+            edges = body.get("edges")
+            if edges is None:
+                edges = [{"source": e.source.key, "target": e.target.key} for e in workflow.edges]
+            check_graph(workflow.team_id, _node_docs(nodes), edges, expert_team_id)
+            _replace_graph(workflow, nodes, edges)
+        db.session.commit()
+        return workflow
+
+    @blp.response(204)
+    def delete(self, workflow_id):
+        """Delete a workflow."""
+        workflow = manageable(get_caller(), get_or_404(Workflow, workflow_id))
+        db.session.delete(workflow)
+        db.session.commit()
+
+
+register_link_routes(blp, Workflow, WorkflowService, "workflow_id")

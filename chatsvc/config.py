@@ -1,0 +1,131 @@
+"""One configuration object, read from ``CHATSVC_*`` environment variables.
+
+Every setting has a sane default; README.md lists them all. Tests build a
+``Config`` directly (``Config.from_env({...})`` or ``dataclasses.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+DEV_JWT_SECRET = "chatsvc-development-secret-do-not-use-in-production"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run: the app refuses to start."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str = "production"
+    jwt_secret: str | None = None
+    jwt_expires_seconds: int = 3600
+    database_url: str | None = None  # None: SQLite file in the instance folder
+    instance_path: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    registry_url: str = "memory://"
+    run_ttl_seconds: float = 900.0
+    run_timeout_seconds: float = 600.0
+    sync_timeout_seconds: float = 30.0
+    sse_heartbeat_seconds: float = 20.0
+    stream_token_max_age_seconds: int = 3600
+    max_events_per_run: int = 10_000
+    max_live_runs: int = 1_000
+    executor_workers: int = 8
+    max_queued_runs: int = 100
+    max_active_runs_per_caller: int = 10
+    llm_provider: str = "stub"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_seconds: float = 60.0
+    jsonata_timeout_ms: int = 500
+    default_page_size: int = 20
+    max_page_size: int = 100
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Read every setting from ``environ`` (default ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = dict(
+            env=env.get("CHATSVC_ENV", "production"),
+            jwt_secret=env.get("CHATSVC_JWT_SECRET") or None,
+            jwt_expires_seconds=_int(env, "CHATSVC_JWT_EXPIRES_SECONDS", 3600),
+            database_url=env.get("CHATSVC_DATABASE_URL") or None,
+            instance_path=env.get("CHATSVC_INSTANCE_PATH") or None,
+            max_body_bytes=_int(env, "CHATSVC_MAX_BODY_BYTES", 1024 * 1024),
+            registry_url=env.get("CHATSVC_REGISTRY_URL", "memory://"),
+            run_ttl_seconds=_float(env, "CHATSVC_RUN_TTL_SECONDS", 900.0),
+            run_timeout_seconds=_float(env, "CHATSVC_RUN_TIMEOUT_SECONDS", 600.0),
+            sync_timeout_seconds=_float(env, "CHATSVC_SYNC_TIMEOUT_SECONDS", 30.0),
+            sse_heartbeat_seconds=_float(env, "CHATSVC_SSE_HEARTBEAT_SECONDS", 20.0),
+            stream_token_max_age_seconds=_int(env, "CHATSVC_STREAM_TOKEN_MAX_AGE_SECONDS", 3600),
+            max_events_per_run=_int(env, "CHATSVC_MAX_EVENTS_PER_RUN", 10_000),
+            max_live_runs=_int(env, "CHATSVC_MAX_LIVE_RUNS", 1_000),
+            executor_workers=_int(env, "CHATSVC_EXECUTOR_WORKERS", 8),
+            max_queued_runs=_int(env, "CHATSVC_MAX_QUEUED_RUNS", 100),
+            max_active_runs_per_caller=_int(env, "CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER", 10),
+            llm_provider=env.get("CHATSVC_LLM_PROVIDER", "stub"),
+            llm_base_url=env.get("CHATSVC_LLM_BASE_URL") or None,
+            llm_api_key=env.get("CHATSVC_LLM_API_KEY") or None,
+            llm_timeout_seconds=_float(env, "CHATSVC_LLM_TIMEOUT_SECONDS", 60.0),
+            jsonata_timeout_ms=_int(env, "CHATSVC_JSONATA_TIMEOUT_MS", 500),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise ConfigError for a configuration that must not serve traffic."""
+        if self.env not in ("production", "development"):
+            raise ConfigError("CHATSVC_ENV must be 'production' or 'development'")
+        if not self.jwt_secret and not self.is_development:
+            raise ConfigError(
+                "CHATSVC_JWT_SECRET is required outside development "
+                "(set CHATSVC_ENV=development for a local demo)"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                raise ConfigError(f"CHATSVC_{f.name.upper()} must be positive")
+        if self.llm_provider not in ("stub", "openai"):
+            raise ConfigError("CHATSVC_LLM_PROVIDER must be 'stub' or 'openai'")
+        if self.llm_provider == "openai" and not self.llm_base_url:
+            raise ConfigError("CHATSVC_LLM_BASE_URL is required with CHATSVC_LLM_PROVIDER=openai")
+        if not self.registry_url.startswith("memory://"):
+            raise ConfigError("CHATSVC_REGISTRY_URL: only memory:// is supported in this version")
+
+    @property
+    def effective_jwt_secret(self) -> str:
+        return self.jwt_secret or DEV_JWT_SECRET
+
+
+def current_config() -> Config:
+    """The running app's Config."""
+    from flask import current_app
+
+    return current_app.config["CHATSVC"]

@@ -1,0 +1,53 @@
+"""gunicorn settings for chatsvc, read from the environment.
+
+Used by ``chatsvc serve`` (``-c python:chatsvc.gunicorn_config``) and by the
+top-level ``gunicorn.conf.py``. gevent workers: each holds thousands of open
+SSE streams. The app is created in each worker after the fork (no preload), so
+gevent has patched threading before the registry and executor create locks.
+"""
+
+import logging
+import os
+
+log = logging.getLogger("gunicorn.error")
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+bind = os.environ.get("CHATSVC_BIND") or (
+    f"{os.environ.get('CHATSVC_HOST') or '127.0.0.1'}:{os.environ.get('CHATSVC_PORT') or '8000'}"
+)
+worker_class = "gevent"
+worker_connections = _int("CHATSVC_WORKER_CONNECTIONS", 2000)
+workers = _int("CHATSVC_WORKERS", 1)
+timeout = _int("CHATSVC_WORKER_TIMEOUT", 30)
+graceful_timeout = _int("CHATSVC_GRACEFUL_TIMEOUT", 30)
+keepalive = _int("CHATSVC_KEEPALIVE", 5)
+preload_app = False
+accesslog = "-"
+errorlog = "-"
+# %(U)s is the path without the query string: stream tokens (?token=) stay out of logs.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
+
+_registry_url = os.environ.get("CHATSVC_REGISTRY_URL", "memory://")
+MEMORY_REGISTRY_WORKERS_NOTE = (
+    "CHATSVC_REGISTRY_URL is memory://: runs live in one process, so gunicorn runs "
+    "exactly one (gevent) worker"
+)
+if _registry_url.startswith("memory://") and workers != 1:
+    _requested_workers = workers
+    workers = 1
+else:
+    _requested_workers = None
+
+
+def on_starting(server) -> None:
+    """Log the worker-count rule, and when it overrode CHATSVC_WORKERS."""
+    if _requested_workers is not None:
+        server.log.warning(
+            "%s (CHATSVC_WORKERS=%s ignored)", MEMORY_REGISTRY_WORKERS_NOTE, _requested_workers
+        )
+    elif _registry_url.startswith("memory://"):
+        server.log.info(MEMORY_REGISTRY_WORKERS_NOTE)

@@ -1,0 +1,233 @@
+"""The executor: runs jobs in a thread pool and guarantees every run ends.
+
+A job is a function of a ``RunContext`` returning a ``RunOutcome`` (or a plain
+result, meaning success). Whatever the job does, including raising, the run
+goes queued → running → succeeded | failed | cancelled with ``run_started`` and
+``run_finished`` events, and the worker thread survives.
+
+Limits (SPEC §10): queued runs (503 + Retry-After), live runs in the registry
+(503 + Retry-After) and active runs per caller (429).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from chatsvc.errors import ServiceUnavailable, TooManyRequests
+from chatsvc.runs.logger import RunLogger
+from chatsvc.runs.registry import RegistryFull, RunInfo, RunRegistry
+
+log = logging.getLogger("chatsvc.runs")
+
+CANCEL_POLL_SECONDS = 0.5  # how often a sleeping run re-checks the registry's cancel flag
+
+
+class RunCancelled(Exception):
+    """Raised inside a run when cancellation was requested; ends it as ``cancelled``."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str = "succeeded"
+    result: Any = None
+    error: dict | None = None
+    summary: dict[str, Any] = field(default_factory=dict)  # extra `run_finished` data
+
+
+class RunContext:
+    """What a running job sees: its log, and cooperative cancellation."""
+
+    def __init__(self, run_id: str, registry: RunRegistry, logger: RunLogger) -> None:
+        self.run_id = run_id
+        self._registry = registry
+        self._logger = logger
+        # Set by cancel() in this process, so a sleeping run wakes at once; the
+        # registry flag is the source of truth (another process may set it).
+        self._cancel_event = threading.Event()
+
+    def log_info(self, message: str, **data: Any) -> None:
+        self._logger.log_info(self.run_id, message, **data)
+
+    def log_warn(self, message: str, **data: Any) -> None:
+        self._logger.log_warn(self.run_id, message, **data)
+
+    def log_error(self, message: str, exc: BaseException | None = None, **data: Any) -> None:
+        self._logger.log_error(self.run_id, message, exc=exc, **data)
+
+    @property
+    def cancelled(self) -> bool:
+        if self._cancel_event.is_set():
+            return True
+        if self._registry.is_cancel_requested(self.run_id):
+            self._cancel_event.set()
+            return True
+        return False
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise RunCancelled("Run cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; raise RunCancelled as soon as the run is cancelled."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check_cancelled()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cancel_event.wait(min(remaining, CANCEL_POLL_SECONDS))
+
+
+Job = Callable[[RunContext], "RunOutcome | Any"]
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        registry: RunRegistry,
+        logger: RunLogger,
+        *,
+        workers: int,
+        max_queued: int,
+        max_active_per_caller: int,
+        on_finished: Callable[[RunInfo], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.logger = logger
+        self._max_queued = max_queued
+        self._max_active_per_caller = max_active_per_caller
+        self._on_finished = on_finished
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chatsvc-run")
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._active_by_owner: dict[str, int] = {}
+        self._contexts: dict[str, RunContext] = {}
+        self._done: dict[str, threading.Event] = {}
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    def submit(self, *, kind: str, target_id: int, team_id: int, owner: str, job: Job) -> RunInfo:
+        """Register a run and queue it; raises 429/503 when a limit is reached."""
+        with self._lock:
+            if self._active_by_owner.get(owner, 0) >= self._max_active_per_caller:
+                raise TooManyRequests(
+                    f"Too many active runs for this caller (limit {self._max_active_per_caller})",
+                    retry_after=5,
+                )
+            if self._queued >= self._max_queued:
+                raise ServiceUnavailable("Too many queued runs; try again shortly", retry_after=5)
+            try:
+                info = self.registry.create(kind=kind, target_id=target_id, team_id=team_id, owner=owner)
+            except RegistryFull as exc:
+                raise ServiceUnavailable("Too many live runs; try again shortly", retry_after=exc.retry_after) from None
+            self._queued += 1
+            self._active_by_owner[owner] = self._active_by_owner.get(owner, 0) + 1
+            ctx = RunContext(info.run_id, self.registry, self.logger)
+            self._contexts[info.run_id] = ctx
+            self._done[info.run_id] = threading.Event()
+        try:
+            self._pool.submit(self._execute, info, job, ctx)
+        except RuntimeError as exc:  # the pool is shutting down
+            self._release(info, started=False)
+            self.logger.finish(info.run_id, "failed", error={"type": "ShuttingDown", "message": str(exc)})
+            raise ServiceUnavailable("The server is shutting down", retry_after=5) from None
+        return info
+
+    def cancel(self, run_id: str) -> bool:
+        """Request cooperative cancellation; False if the run is unknown or finished."""
+        if not self.registry.request_cancel(run_id):
+            return False
+        ctx = self._contexts.get(run_id)
+        if ctx is not None:
+            ctx._cancel_event.set()
+        info = self.registry.get(run_id)
+        if info is not None and info.status == "queued":
+            # Not started yet: end it now; the worker sees it finished and skips it.
+            self.logger.finish(run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
+        return True
+
+    def wait(self, run_id: str, timeout: float) -> RunInfo | None:
+        """Wait up to ``timeout`` for a run of this process to finish; its final state, or None."""
+        done = self._done.get(run_id)
+        if done is not None and not done.wait(timeout):
+            return None
+        info = self.registry.get(run_id)
+        return info if info is not None and info.finished else None
+
+    def shutdown(self) -> None:
+        """Stop taking runs, cancel the live ones, and wait briefly for workers to notice."""
+        for run_id in list(self._contexts):
+            self.cancel(run_id)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _execute(self, info: RunInfo, job: Job, ctx: RunContext) -> None:
+        run_id = info.run_id
+        started = time.monotonic()
+        try:
+            with self._lock:
+                self._queued -= 1
+            if not self.registry.mark_running(run_id):
+                return  # already finished: cancelled or timed out while queued
+            if ctx.cancelled:
+                self.logger.finish(run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
+                return
+            self.logger.log_info(run_id, "run_started", kind=info.kind, target_id=info.target_id)
+            outcome = self._run_job(job, ctx)
+            self.logger.finish(
+                run_id,
+                outcome.status,
+                result=outcome.result,
+                error=outcome.error,
+                duration_ms=_ms_since(started),
+                **outcome.summary,
+            )
+        except BaseException as exc:  # never leave a run unfinished, never kill the worker
+            log.exception("run %s: executor failure", run_id)
+            self.registry.finish(run_id, "failed", error={"type": type(exc).__name__, "message": "internal error"})
+        finally:
+            self._release(info, started=True)
+
+    def _run_job(self, job: Job, ctx: RunContext) -> RunOutcome:
+        try:
+            outcome = job(ctx)
+        except RunCancelled:
+            return RunOutcome("cancelled", error=_cancelled_error())
+        except Exception as exc:
+            ctx.log_error("run_error", exc=exc)
+            return RunOutcome("failed", error={"type": type(exc).__name__, "message": str(exc)})
+        if not isinstance(outcome, RunOutcome):
+            outcome = RunOutcome(result=outcome)
+        return outcome
+
+    def _release(self, info: RunInfo, *, started: bool) -> None:
+        with self._lock:
+            if not started:
+                self._queued -= 1
+            remaining = self._active_by_owner.get(info.owner, 1) - 1
+            if remaining:
+                self._active_by_owner[info.owner] = remaining
+            else:
+                self._active_by_owner.pop(info.owner, None)
+            self._contexts.pop(info.run_id, None)
+            done = self._done.pop(info.run_id, None)
+        if done is not None:
+            done.set()
+        if self._on_finished is not None:
+            final = self.registry.get(info.run_id)
+            if final is not None:
+                self._on_finished(final)
+
+
+def _cancelled_error() -> dict[str, str]:
+    return {"type": "RunCancelled", "message": "Run cancelled"}
+
+
+def _ms_since(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)

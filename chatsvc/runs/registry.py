@@ -1,0 +1,484 @@
+"""Run registry: the state and event log of every run (SPEC §6.3, §6.4, §10).
+
+`RunRegistry` is the interface; `MemoryRunRegistry` keeps everything in this
+process. The interface is shaped so that a Redis Streams backend can implement
+it later without changing callers:
+
+- an event's `seq` maps to a stream entry id (one stream per run),
+- `read(run_id, after_seq, timeout)` maps to `XREAD BLOCK timeout STREAMS key after_seq`
+  (readers are stateless: they remember `after_seq`, the registry keeps no
+  per-reader queue),
+- the TTL of finished runs maps to `EXPIRE`.
+
+Run lifecycle: `queued` → `running` → one of `TERMINAL_STATUSES`. Once a run is
+finished it accepts no more events, and its `done_seq` (the `id:` of the SSE
+`done` event) is one past its last event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+LEVELS = frozenset({"info", "warn", "error"})
+
+log = logging.getLogger("chatsvc.runs")
+
+
+# --- Public value types -------------------------------------------------------
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One log line of a run; `seq` is 1-based per run and never reused."""
+
+    seq: int
+    ts: float
+    level: str
+    message: str
+    data: dict
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "ts": self.ts, "level": self.level,
+                "message": self.message, "data": self.data}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """An immutable snapshot of a run; `owner` is e.g. "user:3" or "service:7"."""
+
+    run_id: str
+    kind: str
+    target_id: int
+    team_id: int
+    owner: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    event_count: int
+    result: Any = None
+    error: dict | None = None
+    cancel_requested: bool = False
+    done_seq: int | None = None  # seq of the `done` event once finished
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict:
+        """The public shape of SPEC §6.3 (no owner, no internal flags)."""
+        body = {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "target_id": self.target_id,
+            "team_id": self.team_id,
+            "status": self.status,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "event_count": self.event_count,
+        }
+        if self.result is not None:
+            body["result"] = self.result
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What `read` found: new events, and `done` once the reader has seen them all."""
+
+    events: list[Event]  # seq > after_seq, in order
+    # Set when the run is finished and `events` reached its last event: the
+    # reader should now send `done` (id = done.done_seq) and close.
+    done: RunInfo | None
+
+
+class RunNotFound(KeyError):
+    """The run does not exist, or has expired and been garbage-collected."""
+
+
+class RegistryFull(Exception):
+    """Too many live (unfinished) runs; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str = "too many live runs", *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# --- Read-only containers -----------------------------------------------------
+# Every reader of a run receives the same Event objects (copying each event for
+# each of N subscribers would cost N copies per append). So that one caller
+# cannot change what the others see, event data, results and errors are stored
+# as read-only subclasses of dict/list: they still are dicts and lists for
+# isinstance checks, `==`, json.dumps and jsonify, but refuse in-place changes.
+# `copy.deepcopy(x)` returns plain, mutable dicts and lists.
+
+
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> None:
+    raise TypeError("run registry data is read-only; use copy.deepcopy() for a mutable copy")
+
+
+class _FrozenDict(dict):
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        # copy / deepcopy / pickle produce a plain dict.
+        return (dict, (dict(self),))
+
+
+class _FrozenList(list):
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        return (list, (list(self),))
+
+
+def _freeze(value: Any) -> Any:
+    """Deep-copies dicts, lists, tuples and sets into read-only equivalents."""
+    if isinstance(value, dict):
+        return _FrozenDict((key, _freeze(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return _FrozenList(_freeze(item) for item in value)
+    if isinstance(value, tuple):
+        return tuple(_freeze(item) for item in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    return value
+
+
+# --- Interface ----------------------------------------------------------------
+
+
+class RunRegistry(ABC):
+    """Where runs live while they execute and for a TTL after they finish."""
+
+    def __init__(self) -> None:
+        # Created here, not at import time, so that under gunicorn's gevent
+        # worker these are gevent's (monkey-patched) primitives.
+        self._gc_guard = threading.Lock()
+        self._gc_thread: threading.Thread | None = None
+        self._gc_stop: threading.Event | None = None
+        self._gc_pid: int | None = None
+
+    @abstractmethod
+    def create(self, *, kind: str, target_id: int, team_id: int, owner: str) -> RunInfo:
+        """Registers a `queued` run; raises RegistryFull when too many runs are unfinished."""
+
+    @abstractmethod
+    def get(self, run_id: str) -> RunInfo | None: ...
+
+    @abstractmethod
+    def list_runs(self) -> list[RunInfo]:
+        """Every run still in the registry, newest first."""
+
+    @abstractmethod
+    def mark_running(self, run_id: str) -> bool:
+        """queued → running; False if the run is no longer queued (e.g. cancelled while queued)."""
+
+    @abstractmethod
+    def append(self, run_id: str, level: str, message: str, data: dict | None = None) -> int | None:
+        """Adds an event and wakes its readers; returns its seq, or None if not stored.
+
+        None means the run is unknown or finished, or the event was dropped
+        because the run reached its event limit.
+        """
+
+    @abstractmethod
+    def finish(self, run_id: str, status: str, *, result: Any = None,
+               error: dict | None = None) -> bool:
+        """Ends the run (first call wins, later calls return False) and wakes every reader."""
+
+    @abstractmethod
+    def read(self, run_id: str, after_seq: int, timeout: float) -> ReadResult:
+        """Events with seq > after_seq, waiting up to `timeout` seconds for some to arrive.
+
+        Returns at once when there are events or the run is finished; returns
+        no events and no `done` on timeout (the caller sends a heartbeat).
+        Raises RunNotFound if the run does not exist.
+        """
+
+    @abstractmethod
+    def request_cancel(self, run_id: str) -> bool:
+        """Sets the cooperative cancel flag; False if the run is unknown or finished."""
+
+    @abstractmethod
+    def is_cancel_requested(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    def gc(self, now: float | None = None) -> int:
+        """Fails runs past the run timeout, deletes expired ones; returns how many were deleted."""
+
+    def ping(self) -> bool:
+        """True if the backend answers (readiness probe); memory always does."""
+        return True
+
+    def start_gc(self, interval: float = 1.0) -> None:
+        """Starts the daemon thread that calls gc() every `interval` seconds, once per process.
+
+        Safe to call from every gunicorn worker after the fork: a forked child
+        inherits the parent's attributes but not its threads, so the thread is
+        keyed by pid.
+        """
+        with self._gc_guard:
+            pid = os.getpid()
+            thread = self._gc_thread
+            if thread is not None and self._gc_pid == pid and thread.is_alive():
+                return
+            stop = threading.Event()
+            thread = threading.Thread(target=self._gc_loop, args=(stop, interval),
+                                      name="chatsvc-run-gc", daemon=True)
+            self._gc_thread, self._gc_stop, self._gc_pid = thread, stop, pid
+            thread.start()
+
+    def close(self) -> None:
+        """Stops this process's gc thread (used by tests and app teardown)."""
+        with self._gc_guard:
+            thread, stop, pid = self._gc_thread, self._gc_stop, self._gc_pid
+            self._gc_thread = self._gc_stop = self._gc_pid = None
+        if stop is not None:
+            stop.set()
+        if thread is not None and pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def _gc_loop(self, stop: threading.Event, interval: float) -> None:
+        while not stop.wait(interval):
+            try:
+                self.gc()
+            except Exception:
+                # Keep collecting: one bad pass must not leave runs to pile up forever.
+                log.exception("run registry gc failed; retrying in %ss", interval)
+
+
+# --- Memory backend -----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Run:
+    """Mutable per-run state; only touched while holding the registry lock."""
+
+    run_id: str
+    kind: str
+    target_id: int
+    team_id: int
+    owner: str
+    created_at: float
+    changed: threading.Condition  # notified on every append and on finish
+    status: str = "queued"
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: dict | None = None
+    cancel_requested: bool = False
+    done_seq: int | None = None
+    truncated: bool = False
+    # Invariant: events[i].seq == i + 1, so "seq > after_seq" is events[after_seq:].
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def snapshot(self) -> RunInfo:
+        return RunInfo(
+            run_id=self.run_id, kind=self.kind, target_id=self.target_id,
+            team_id=self.team_id, owner=self.owner, status=self.status,
+            created_at=self.created_at, started_at=self.started_at,
+            finished_at=self.finished_at, event_count=len(self.events),
+            result=self.result, error=self.error,
+            cancel_requested=self.cancel_requested, done_seq=self.done_seq,
+        )
+
+
+class MemoryRunRegistry(RunRegistry):
+    """Runs held in this process: one gunicorn worker, any number of threads or greenlets.
+
+    Locking: one lock guards all runs, and each run has its own Condition built
+    on that lock. The single lock keeps the invariants simple (no lock
+    ordering, gc sees a consistent picture) and every critical section is a
+    few dict/list operations, so contention is negligible. The per-run
+    Condition means an append wakes only the readers of *that* run, not every
+    SSE subscriber of every run.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float = 900,
+        run_timeout_seconds: float = 600,
+        max_events_per_run: int = 10_000,
+        max_live_runs: int = 1_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self._ttl = ttl_seconds
+        self._run_timeout = run_timeout_seconds
+        self._max_events = max_events_per_run
+        self._max_live = max_live_runs
+        self._clock = clock  # timestamps and TTLs; waits use time.monotonic
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Run] = {}  # insertion order = creation order
+        self._live: dict[str, _Run] = {}  # unfinished runs, checked for timeouts
+        # Finished run ids in the order they finished, so gc only looks at the
+        # oldest ones instead of scanning every run each pass.
+        self._finished_order: deque[str] = deque()
+
+    def create(self, *, kind: str, target_id: int, team_id: int, owner: str) -> RunInfo:
+        with self._lock:
+            if len(self._live) >= self._max_live:
+                raise RegistryFull(f"too many live runs (limit {self._max_live})")
+            run = _Run(run_id=uuid.uuid4().hex, kind=kind, target_id=target_id,
+                       team_id=team_id, owner=owner, created_at=self._clock(),
+                       changed=threading.Condition(self._lock))
+            self._runs[run.run_id] = run
+            self._live[run.run_id] = run
+            return run.snapshot()
+
+    def get(self, run_id: str) -> RunInfo | None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            return None if run is None else run.snapshot()
+
+    def list_runs(self) -> list[RunInfo]:
+        with self._lock:
+            return [run.snapshot() for run in reversed(self._runs.values())]
+
+    def mark_running(self, run_id: str) -> bool:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.status != "queued":
+                return False
+            run.status = "running"
+            run.started_at = self._clock()
+            return True
+
+    def append(self, run_id: str, level: str, message: str, data: dict | None = None) -> int | None:
+        if level not in LEVELS:
+            raise ValueError(f"unknown event level {level!r}; expected one of {sorted(LEVELS)}")
+        if data is not None and not isinstance(data, dict):
+            raise TypeError(f"event data must be a dict, not {type(data).__name__}")
+        frozen = _freeze(data or {})  # outside the lock: copying big payloads takes time
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.finished:
+                return None
+            return self._append_locked(run, level, message, frozen, self._clock())
+
+    def finish(self, run_id: str, status: str, *, result: Any = None,
+               error: dict | None = None) -> bool:
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"{status!r} is not a terminal status; "
+                             f"expected one of {sorted(TERMINAL_STATUSES)}")
+        frozen_result, frozen_error = _freeze(result), _freeze(error)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.finished:
+                return False
+            self._finish_locked(run, status, frozen_result, frozen_error, self._clock())
+            return True
+
+    def read(self, run_id: str, after_seq: int, timeout: float) -> ReadResult:
+        after_seq = max(0, after_seq)
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            # A reader only ever waits on an unfinished run, and gc only deletes
+            # finished runs, whose finish already woke every reader; so a
+            # waiting reader cannot be stranded by gc. It keeps a reference to
+            # `run`, so it still gets its last events and `done` even if gc
+            # deleted the run in between.
+            while True:
+                events = run.events[after_seq:]  # a copy: the caller can't touch our list
+                if events or run.finished:
+                    return ReadResult(events=events, done=run.snapshot() if run.finished else None)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return ReadResult(events=[], done=None)
+                run.changed.wait(remaining)
+
+    def request_cancel(self, run_id: str) -> bool:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.finished:
+                return False
+            run.cancel_requested = True
+            return True
+
+    def is_cancel_requested(self, run_id: str) -> bool:
+        with self._lock:
+            run = self._runs.get(run_id)
+            return run is not None and run.cancel_requested
+
+    def gc(self, now: float | None = None) -> int:
+        now = self._clock() if now is None else now
+        with self._lock:
+            for run in list(self._live.values()):
+                if now - run.created_at > self._run_timeout:
+                    self._append_locked(run, "error", "run_timeout",
+                                        _freeze({"timeout_seconds": self._run_timeout}), now)
+                    error = {"type": "RunTimeout",
+                             "message": f"run did not finish within {self._run_timeout:g} seconds"}
+                    self._finish_locked(run, "failed", None, _freeze(error), now)
+
+            deleted = 0
+            while self._finished_order:
+                run = self._runs[self._finished_order[0]]
+                # Runs finish in clock order, so the first one not yet expired
+                # ends the pass. (If the wall clock steps back, a run may be
+                # deleted a little late, never early.)
+                if now - run.finished_at <= self._ttl:
+                    break
+                self._finished_order.popleft()
+                del self._runs[run.run_id]
+                deleted += 1
+            return deleted
+
+    def _append_locked(self, run: _Run, level: str, message: str, data: dict,
+                       ts: float) -> int | None:
+        """Stores an event, applying the per-run limit; the caller holds the lock."""
+        # Errors bypass the limit: they are the events a user needs most.
+        if level != "error" and len(run.events) >= self._max_events:
+            if not run.truncated:
+                run.truncated = True
+                self._store_locked(run, "warn", "events_truncated",
+                                   _freeze({"limit": self._max_events}), ts)
+            return None
+        return self._store_locked(run, level, message, data, ts)
+
+    def _store_locked(self, run: _Run, level: str, message: str, data: dict, ts: float) -> int:
+        seq = len(run.events) + 1
+        run.events.append(Event(seq=seq, ts=ts, level=level, message=message, data=data))
+        run.changed.notify_all()
+        return seq
+
+    def _finish_locked(self, run: _Run, status: str, result: Any, error: dict | None,
+                       now: float) -> None:
+        run.status = status
+        run.finished_at = now
+        run.result = result
+        run.error = error
+        run.done_seq = len(run.events) + 1
+        del self._live[run.run_id]
+        self._finished_order.append(run.run_id)
+        run.changed.notify_all()

@@ -1,0 +1,69 @@
+"""Server-Sent Events wire format (SPEC §6.4; WHATWG HTML "Server-sent events")."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from chatsvc.runs.registry import Event, RunInfo
+
+HEARTBEAT = ": ping\n\n"  # a comment line: keeps proxies from closing an idle stream
+RETRY_PREAMBLE = "retry: 3000\n\n"  # EventSource reconnects after 3 s
+
+# The only line terminators SSE knows; str.splitlines() would also split on
+# \x0b, \x1c, \u2028 ... which a browser keeps inside the line.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")  # 18 digits: no giant ints from a header
+
+
+def encode_event(data: str, *, event: str | None = None, id: str | int | None = None,
+                 retry: int | None = None) -> str:
+    """Encodes one SSE event: optional id/event/retry fields, data split into `data:` lines."""
+    lines = []
+    if id is not None:
+        # A line break would end the field early, and a browser ignores an id containing NUL.
+        lines.append(f"id: {_one_line(str(id)).replace(chr(0), '')}")
+    if event is not None:
+        lines.append(f"event: {_one_line(event)}")
+    if retry is not None:
+        if retry < 0:
+            raise ValueError("retry must be a non-negative number of milliseconds")
+        lines.append(f"retry: {int(retry)}")
+    # The browser joins data lines with "\n", so multi-line data survives.
+    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    return "\n".join(lines) + "\n\n"
+
+
+def encode_log_event(ev: Event) -> str:
+    """`id: <seq>`, `event: log`, the event as compact JSON."""
+    return encode_event(_compact_json(ev.to_dict()), event="log", id=ev.seq)
+
+
+def encode_done(run: RunInfo) -> str:
+    """The final `done` event of a finished run: {run_id, status, result?, error?}."""
+    if run.done_seq is None:
+        raise ValueError(f"run {run.run_id} is not finished")
+    body: dict[str, Any] = {"run_id": run.run_id, "status": run.status}
+    if run.result is not None:
+        body["result"] = run.result
+    if run.error is not None:
+        body["error"] = run.error
+    return encode_event(_compact_json(body), event="done", id=run.done_seq)
+
+
+def parse_last_event_id(value: str | None) -> int:
+    """The seq a client last saw (Last-Event-ID or ?last_event_id=); 0 if absent or invalid."""
+    if value is None:
+        return 0
+    value = value.strip()
+    return int(value) if _LAST_EVENT_ID.fullmatch(value) else 0
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r", "").replace("\n", "")
+
+
+def _compact_json(obj: Any) -> str:
+    # default=str: data that bypassed the logger's coercion must not break the stream.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)

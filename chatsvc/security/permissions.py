@@ -1,0 +1,106 @@
+"""The one place that decides who may do what (SPEC §4).
+
+Existence is checked before permission: a missing target is 404 for everyone.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar
+
+from sqlalchemy import Select, select
+
+from chatsvc.errors import Forbidden, NotFound
+from chatsvc.extensions import db
+from chatsvc.models import Expert, ExpertService, Team, Workflow, WorkflowService
+from chatsvc.security.caller import Caller
+from chatsvc.security.guardrails import (
+    ensure_service_can_use_expert,
+    ensure_service_can_use_workflow,
+)
+
+
+class TeamOwned(Protocol):
+    id: int
+    team_id: int
+
+
+T = TypeVar("T")
+
+
+def get_or_404(model: type[T], ident: int, label: str | None = None) -> T:
+    obj = db.session.get(model, ident)
+    if obj is None:
+        raise NotFound(f"{label or model.__name__} {ident} not found")
+    return obj
+
+
+def require_platform_admin(caller: Caller) -> None:
+    if not caller.is_platform_admin:
+        raise Forbidden("Platform admin only")
+
+
+def require_team_member(caller: Caller, team_id: int) -> None:
+    """Users who belong to the team (or platform admins); never services."""
+    if caller.is_platform_admin or caller.is_member_of(team_id):
+        return
+    raise Forbidden(f"Not a member of team {team_id}")
+
+
+def require_team_admin(caller: Caller, team_id: int) -> None:
+    if caller.is_platform_admin or caller.is_admin_of(team_id):
+        return
+    raise Forbidden(f"Team admin of team {team_id} required")
+
+
+def team_or_404(team_id: int) -> Team:
+    return get_or_404(Team, team_id)
+
+
+def expert_for_use(caller: Caller, expert_id: int) -> Expert:
+    """Load an expert the caller may read and run (404 before 403)."""
+    if caller.is_service:
+        return ensure_service_can_use_expert(db.session, caller.id, expert_id)
+    expert = get_or_404(Expert, expert_id)
+    require_team_member(caller, expert.team_id)
+    return expert
+
+
+def workflow_for_use(caller: Caller, workflow_id: int) -> Workflow:
+    """Load a workflow the caller may read and run (404 before 403)."""
+    if caller.is_service:
+        return ensure_service_can_use_workflow(db.session, caller.id, workflow_id)
+    workflow = get_or_404(Workflow, workflow_id)
+    require_team_member(caller, workflow.team_id)
+    return workflow
+
+
+def manageable(caller: Caller, obj: TeamOwned) -> TeamOwned:
+    """Return a team-owned object if the caller may change it (team admin)."""
+    require_team_admin(caller, obj.team_id)
+    return obj
+
+
+def visible_experts(caller: Caller) -> Select:
+    """A select of the experts the caller may see."""
+    return _visible(caller, Expert, ExpertService, ExpertService.expert_id)
+
+
+def visible_workflows(caller: Caller) -> Select:
+    return _visible(caller, Workflow, WorkflowService, WorkflowService.workflow_id)
+
+
+def _visible(caller: Caller, model, link_model, link_column) -> Select:
+    stmt = select(model).order_by(model.id)
+    if caller.is_platform_admin:
+        return stmt
+    if caller.is_service:
+        linked = select(link_column).where(link_model.service_id == caller.id)
+        return stmt.where(model.id.in_(linked))
+    return stmt.where(model.team_id.in_(list(caller.team_roles)))
+
+
+def can_see_run(caller: Caller, owner: str, team_id: int) -> bool:
+    """Platform admins see every run, team admins their team's, everyone else their own."""
+    if caller.is_platform_admin or caller.is_admin_of(team_id):
+        return True
+    return owner == caller.key

@@ -1,0 +1,52 @@
+"""A workflow's graph: validated on save and again before each run."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from chatsvc.errors import Unprocessable
+from chatsvc.services.dag import EdgeSpec, Graph, GraphError, NodeSpec, validate_graph
+from chatsvc.services.nodes import SaveContext, get_service, node_types
+
+
+def check_graph(
+    team_id: int,
+    nodes: Sequence[Mapping[str, Any]],
+    edges: Sequence[Mapping[str, Any]],
+    expert_team_id: Callable[[int], int | None],
+) -> None:
+    """Raise 422 naming the offending nodes if the graph or a node's metadata is invalid.
+
+    ``nodes`` are ``{"key", "node_type", "metadata"}``; ``edges`` ``{"source", "target"}``.
+    """
+    try:
+        validate_graph(nodes, edges, node_types())
+    except GraphError as exc:
+        raise Unprocessable(exc.message, errors={"json": exc.errors}) from None
+    ctx = SaveContext(team_id=team_id, expert_team_id=expert_team_id)
+    problems = {}
+    for node in nodes:
+        found = get_service(node["node_type"]).validate_metadata(node.get("metadata") or {}, ctx)
+        if found:
+            problems[node["key"]] = found
+    if problems:
+        names = ", ".join(f"'{key}'" for key in problems)
+        raise Unprocessable(
+            f"Invalid metadata for node(s) {names}", errors={"json": {"metadata": problems}}
+        )
+
+
+def build_graph(workflow: Any) -> Graph:
+    """The run-time graph of a stored ``Workflow`` (nodes keep their database ids)."""
+    nodes = [NodeSpec(id=n.id, key=n.key, node_type=n.node_type, metadata=dict(n.meta or {})) for n in workflow.nodes]
+    by_id = {n.id: n.key for n in workflow.nodes}
+    edges = [EdgeSpec(source=by_id[e.source_id], target=by_id[e.target_id]) for e in workflow.edges]
+    return Graph.build(nodes, edges)
+
+
+def graph_documents(workflow: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The stored graph as plain node and edge documents, for re-validation."""
+    keys = {n.id: n.key for n in workflow.nodes}
+    nodes = [{"key": n.key, "node_type": n.node_type, "metadata": n.meta or {}} for n in workflow.nodes]
+    edges = [{"source": keys[e.source_id], "target": keys[e.target_id]} for e in workflow.edges]
+    return nodes, edges
