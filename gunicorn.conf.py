@@ -1,4 +1,10 @@
-"""gunicorn configuration: `gunicorn -c gunicorn.conf.py wsgi:app` (settings in chatsvc/gunicorn_config.py)."""
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app`.
 
-from chatsvc.gunicorn_config import *  # noqa: F401,F403
-from chatsvc.gunicorn_config import on_starting  # noqa: F401
+They live in chatsvc/gunicorn_config.py (so `chatsvc serve` finds them in an
+installed package) and are loaded by path: the master must not import the app.
+"""
+
+import pathlib
+import runpy
+
+globals().update(runpy.run_path(str(pathlib.Path(__file__).parent / "chatsvc" / "gunicorn_config.py")))

@@ -129,7 +129,8 @@ def serve(demo_mode: bool, host: str | None, port: int | None) -> None:
         _print_demo(url)
     # exec a fresh interpreter: gevent must patch before anything imports ssl or
     # threading, and the app must be created in each worker, after the fork.
-    argv = [sys.executable, "-m", "gunicorn", "-c", "python:chatsvc.gunicorn_config", "chatsvc:create_app()"]
+    config_file = os.path.join(os.path.dirname(__file__), "gunicorn_config.py")
+    argv = [sys.executable, "-m", "gunicorn", "-c", config_file, "chatsvc:create_app()"]
     sys.stdout.flush()
     os.execvpe(sys.executable, argv, env)
 

@@ -1,7 +1,8 @@
 """gunicorn settings for chatsvc, read from the environment.
 
-Used by ``chatsvc serve`` (``-c python:chatsvc.gunicorn_config``) and by the
-top-level ``gunicorn.conf.py``. gevent workers: each holds thousands of open
+Loaded by file path (``chatsvc serve`` and the top-level ``gunicorn.conf.py``)
+so that the gunicorn master never imports the app: gevent patches each worker
+before the app, its locks and its HTTP clients are created there. gevent workers: each holds thousands of open
 SSE streams. The app is created in each worker after the fork (no preload), so
 gevent has patched threading before the registry and executor create locks.
 """
@@ -26,6 +27,11 @@ timeout = _int("CHATSVC_WORKER_TIMEOUT", 30)
 graceful_timeout = _int("CHATSVC_GRACEFUL_TIMEOUT", 30)
 keepalive = _int("CHATSVC_KEEPALIVE", 5)
 preload_app = False
+# gunicorn's control socket defaults to one fixed path per user, which several
+# servers on one host would fight over; enable it explicitly if you use it.
+control_socket_disable = os.environ.get("CHATSVC_GUNICORN_CONTROL_SOCKET", "") == ""
+if not control_socket_disable:
+    control_socket = os.environ["CHATSVC_GUNICORN_CONTROL_SOCKET"]
 accesslog = "-"
 errorlog = "-"
 # %(U)s is the path without the query string: stream tokens (?token=) stay out of logs.
