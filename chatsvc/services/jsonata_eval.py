@@ -170,7 +170,7 @@ def evaluate(expr: str, data: Any, *, timeout_ms: int = 500, max_depth: int = 10
     _set_current_instance(instance)
     try:
         # Passing bindings gives the call a fresh frame, so `$` is not bound on the shared object.
-        result = instance.evaluate(data)
+        result = instance.evaluate(data, bounds.bindings())
     except RecursionError:
         raise ExpressionError(_DEPTH_EXCEEDED) from None
     except Exception as exc:  # JException, and plain Python errors the library lets through
