@@ -26,6 +26,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Ids are INTEGER columns: 32-bit on PostgreSQL. A number outside that range names no row,
+# and handing one to the database raises (OverflowError on SQLite, out of range on PostgreSQL).
+MAX_ID = 2**31 - 1
+
+
+def is_possible_id(value: int) -> bool:
+    """Whether a row could have this id; look up nothing else (it is a 404, not a 500)."""
+    return 1 <= value <= MAX_ID
+
+
 def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

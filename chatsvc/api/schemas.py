@@ -11,7 +11,7 @@ from datetime import timezone
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from chatsvc.models import ROLES
+from chatsvc.models import MAX_ID, ROLES
 
 NAME = validate.Length(min=1, max=200)
 
@@ -25,6 +25,11 @@ class Timestamp(fields.DateTime):
         return super()._serialize(value, attr, obj, **kwargs)
 
 
+def Reference(**kwargs) -> fields.Integer:
+    """An id in a body that names another row: a strict integer in the ids' range."""
+    return fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
+
+
 class ErrorSchema(Schema):
     code = fields.Integer(metadata={"description": "HTTP status code"})
     status = fields.String(metadata={"description": "HTTP status name"})
@@ -36,7 +41,7 @@ class PaginationArgs(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
 
@@ -74,7 +79,7 @@ class UserUpdateSchema(Schema):
 class TeamSchema(Schema):
     id = fields.Integer(dump_only=True)
     name = fields.String(required=True, validate=NAME)
-    admin_user_id = fields.Integer(load_only=True)
+    admin_user_id = Reference(load_only=True)
     created_at = Timestamp(dump_only=True)
     updated_at = Timestamp(dump_only=True)
 
@@ -84,7 +89,7 @@ class TeamUpdateSchema(Schema):
 
 
 class MemberCreateSchema(Schema):
-    user_id = fields.Integer()
+    user_id = Reference()
     email = fields.Email()
     role = fields.String(load_default="member", validate=validate.OneOf(ROLES))
 
@@ -111,7 +116,7 @@ class MemberSchema(Schema):
 
 class ServiceSchema(Schema):
     id = fields.Integer(dump_only=True)
-    team_id = fields.Integer(required=True)
+    team_id = Reference(required=True)
     name = fields.String(required=True, validate=NAME)
     key_prefix = fields.String(dump_only=True)
     disabled = fields.Boolean(dump_only=True)
@@ -135,7 +140,7 @@ class ServiceUpdateSchema(Schema):
 
 class ExpertSchema(Schema):
     id = fields.Integer(dump_only=True)
-    team_id = fields.Integer(required=True)
+    team_id = Reference(required=True)
     name = fields.String(required=True, validate=NAME)
     description = fields.String(load_default="", validate=validate.Length(max=10_000))
     prompt_template = fields.String(required=True, validate=validate.Length(min=1, max=200_000))
@@ -179,7 +184,7 @@ GRAPH_LIMIT = validate.Length(max=10_000)
 
 class WorkflowSchema(Schema):
     id = fields.Integer(dump_only=True)
-    team_id = fields.Integer(required=True)
+    team_id = Reference(required=True)
     name = fields.String(required=True, validate=NAME)
     description = fields.String(load_default="", validate=validate.Length(max=10_000))
     nodes = fields.List(fields.Nested(NodeSchema), load_default=list, validate=GRAPH_LIMIT)

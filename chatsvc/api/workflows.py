@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from chatsvc.extensions import db
-from chatsvc.models import Edge, Expert, Node, Workflow, WorkflowService
+from chatsvc.models import Edge, Expert, Node, Workflow, WorkflowService, is_possible_id
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import (
     get_or_404,
@@ -27,6 +27,8 @@ blp.before_request(authenticate)
 
 
 def expert_team_id(expert_id: int) -> int | None:
+    if not is_possible_id(expert_id):
+        return None
     return db.session.scalar(select(Expert.team_id).where(Expert.id == expert_id))
 
 

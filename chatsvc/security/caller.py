@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flask import Flask, g, request
+from flask import Flask, request
 from flask_jwt_extended import create_access_token, decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
@@ -12,9 +12,10 @@ from sqlalchemy import select
 
 from chatsvc.errors import BadRequest, Unauthorized, error_response
 from chatsvc.extensions import db, jwt
-from chatsvc.models import Service, User, hash_api_key
+from chatsvc.models import Service, User, hash_api_key, is_possible_id
 
 API_KEY_HEADER = "X-API-Key"
+_CALLER_KEY = "chatsvc.caller"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _caller_from_jwt(header: str) -> Caller:
         user_id = int(claims["sub"])
     except (KeyError, TypeError, ValueError):
         raise Unauthorized("Invalid token") from None
-    user = db.session.get(User, user_id)
+    user = db.session.get(User, user_id) if is_possible_id(user_id) else None
     if user is None:
         raise Unauthorized("Unknown user")
     return user_caller(user)
@@ -93,8 +94,11 @@ def _caller_from_api_key(key: str) -> Caller:
 
 
 def get_caller() -> Caller:
-    """Authenticate the current request once and return its caller (cached on ``g``)."""
-    cached = g.get("caller")
+    """Authenticate the current request once and return its caller (cached on the request)."""
+    # Cached in the WSGI environ, not on ``g``: ``g`` belongs to the app context,
+    # which requests share when one is already pushed (tests, CLI code), so a
+    # caller cached there would answer for the next request's credentials.
+    cached = request.environ.get(_CALLER_KEY)
     if cached is not None:
         return cached
     auth_header = request.headers.get("Authorization")
@@ -107,7 +111,7 @@ def get_caller() -> Caller:
         caller = _caller_from_api_key(api_key.strip())
     else:
         raise Unauthorized(f"Authentication required (Bearer token or {API_KEY_HEADER})")
-    g.caller = caller
+    request.environ[_CALLER_KEY] = caller
     return caller
 
 

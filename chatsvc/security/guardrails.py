@@ -6,12 +6,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chatsvc.errors import Forbidden, NotFound
-from chatsvc.models import Expert, ExpertService, Workflow, WorkflowService
+from chatsvc.models import Expert, ExpertService, Workflow, WorkflowService, is_possible_id
 
 
 def ensure_service_can_use_expert(session: Session, service_id: int, expert_id: int) -> Expert:
     """Return the expert, or raise 404 if it does not exist and 403 if it is not linked."""
-    expert = session.get(Expert, expert_id)
+    expert = session.get(Expert, expert_id) if is_possible_id(expert_id) else None
     if expert is None:
         raise NotFound(f"Expert {expert_id} not found")
     linked = session.scalar(
@@ -28,7 +28,7 @@ def ensure_service_can_use_workflow(
     session: Session, service_id: int, workflow_id: int
 ) -> Workflow:
     """Return the workflow, or raise 404 if it does not exist and 403 if it is not linked."""
-    workflow = session.get(Workflow, workflow_id)
+    workflow = session.get(Workflow, workflow_id) if is_possible_id(workflow_id) else None
     if workflow is None:
         raise NotFound(f"Workflow {workflow_id} not found")
     linked = session.scalar(

@@ -11,7 +11,7 @@ from sqlalchemy import Select, select
 
 from chatsvc.errors import Forbidden, NotFound
 from chatsvc.extensions import db
-from chatsvc.models import Expert, ExpertService, Team, Workflow, WorkflowService
+from chatsvc.models import Expert, ExpertService, Team, Workflow, WorkflowService, is_possible_id
 from chatsvc.security.caller import Caller
 from chatsvc.security.guardrails import (
     ensure_service_can_use_expert,
@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 
 def get_or_404(model: type[T], ident: int, label: str | None = None) -> T:
-    obj = db.session.get(model, ident)
+    obj = db.session.get(model, ident) if is_possible_id(ident) else None
     if obj is None:
         raise NotFound(f"{label or model.__name__} {ident} not found")
     return obj

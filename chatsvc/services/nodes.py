@@ -145,7 +145,7 @@ class TemplateNode(NodeService):
         return problems
 
     def execute(self, inputs, metadata, ctx):
-        rendered = render_prompt(metadata["template"], default_base(), inputs)
+        rendered = render_prompt(metadata["template"], default_base(), inputs, timeout_ms=ctx.jsonata_timeout_ms)
         if rendered.warnings:
             ctx.log_warn("template_warnings", warnings=rendered.warnings)
         return {"text": rendered.text}

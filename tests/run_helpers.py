@@ -1,0 +1,93 @@
+"""Helpers for endpoint tests of runs: read a run's SSE stream, poll a run with a deadline."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    """One event of the wire stream: its id, event name and decoded data."""
+
+    id: int | None
+    event: str
+    data: Any
+
+
+def parse_sse(text: str) -> list[SSEEvent]:
+    """Parse `text/event-stream` text into events; comments and `retry:` blocks are dropped."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict[str, list[str]] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value.removeprefix(" "))
+        if "data" not in fields:
+            continue
+        ids = fields.get("id")
+        events.append(SSEEvent(
+            id=int(ids[0]) if ids else None,
+            event=fields.get("event", ["message"])[0],
+            data=json.loads("\n".join(fields["data"])),
+        ))
+    return events
+
+
+def read_events(client, events_url: str) -> tuple[list[dict], dict]:
+    """The log events (as {seq, ts, level, message, data}) and the `done` data of a finished run.
+
+    Asserts the wire invariants on the way: ids are the seqs, 1-based and contiguous, and
+    `done` is last, with the next id.
+    """
+    rv = client.get(events_url)
+    assert rv.status_code == 200, rv.get_data(as_text=True)
+    assert rv.mimetype == "text/event-stream"
+    parsed = parse_sse(rv.get_data(as_text=True))
+    assert parsed and parsed[-1].event == "done", parsed[-3:]
+    logs, done = parsed[:-1], parsed[-1]
+    assert all(ev.event == "log" for ev in logs)
+    assert [ev.id for ev in logs] == [ev.data["seq"] for ev in logs] == list(range(1, len(logs) + 1))
+    assert done.id == len(logs) + 1
+    return [ev.data for ev in logs], done.data
+
+
+def messages(events: list[dict]) -> list[str]:
+    return [ev["message"] for ev in events]
+
+
+def only(events: list[dict], message: str) -> dict:
+    """The one event with this message."""
+    found = [ev for ev in events if ev["message"] == message]
+    assert len(found) == 1, f"expected one {message!r} event, got {len(found)}: {messages(events)}"
+    return found[0]
+
+
+def poll(fetch: Callable[[], Any], until: Callable[[Any], bool], *, timeout: float = 5.0,
+         interval: float = 0.02) -> Any:
+    """Call `fetch` until `until(value)` holds; fail after `timeout` seconds with the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s; last value: {value!r}")
+        time.sleep(interval)
+
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def wait_finished(client, status_url: str, headers: dict, *, timeout: float = 5.0) -> dict:
+    """Poll GET status_url until the run has finished; its final body."""
+    def fetch():
+        rv = client.get(status_url, headers=headers)
+        assert rv.status_code == 200, rv.get_data(as_text=True)
+        return rv.get_json()
+
+    return poll(fetch, lambda body: body["status"] in FINISHED, timeout=timeout)
