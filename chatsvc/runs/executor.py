@@ -135,8 +135,10 @@ class RunExecutor:
         try:
             self._pool.submit(self._execute, info, job, ctx)
         except RuntimeError as exc:  # the pool is shutting down
-            self._release(info, started=False)
+            with self._lock:
+                self._queued -= 1
             self.logger.finish(info.run_id, "failed", error={"type": "ShuttingDown", "message": str(exc)})
+            self._release(info)  # after finish: on_finished reports the final state
             raise ServiceUnavailable("The server is shutting down", retry_after=5) from None
         return info
 
@@ -147,10 +149,17 @@ class RunExecutor:
         ctx = self._contexts.get(run_id)
         if ctx is not None:
             ctx._cancel_event.set()
-        info = self.registry.get(run_id)
-        if info is not None and info.status == "queued":
-            # Not started yet: end it now; the worker sees it finished and skips it.
-            self.logger.finish(run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
+        # Under the lock that _execute holds to start a run: either the run is
+        # still queued and ends here, or it has started and its job sees the
+        # flag. Never both, so `run_finished` is logged once.
+        with self._lock:
+            info = self.registry.get(run_id)
+            ended_in_queue = info is not None and info.status == "queued" and self.logger.finish(
+                run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
+        if ended_in_queue:
+            # Not started yet: it is over now, so free its caller slot and wake
+            # wait(); the worker that dequeues it later sees it finished and skips it.
+            self._release(info)
         return True
 
     def wait(self, run_id: str, timeout: float) -> RunInfo | None:
@@ -173,7 +182,8 @@ class RunExecutor:
         try:
             with self._lock:
                 self._queued -= 1
-            if not self.registry.mark_running(run_id):
+                runnable = self.registry.mark_running(run_id)
+            if not runnable:
                 return  # already finished: cancelled or timed out while queued
             if ctx.cancelled:
                 self.logger.finish(run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
@@ -192,7 +202,7 @@ class RunExecutor:
             log.exception("run %s: executor failure", run_id)
             self.registry.finish(run_id, "failed", error={"type": type(exc).__name__, "message": "internal error"})
         finally:
-            self._release(info, started=True)
+            self._release(info)
 
     def _run_job(self, job: Job, ctx: RunContext) -> RunOutcome:
         try:
@@ -206,16 +216,16 @@ class RunExecutor:
             outcome = RunOutcome(result=outcome)
         return outcome
 
-    def _release(self, info: RunInfo, *, started: bool) -> None:
+    def _release(self, info: RunInfo) -> None:
+        """Frees the run's caller slot, wakes wait() and reports it finished; once per run."""
         with self._lock:
-            if not started:
-                self._queued -= 1
+            if self._contexts.pop(info.run_id, None) is None:
+                return  # already released (cancelled while queued)
             remaining = self._active_by_owner.get(info.owner, 1) - 1
             if remaining:
                 self._active_by_owner[info.owner] = remaining
             else:
                 self._active_by_owner.pop(info.owner, None)
-            self._contexts.pop(info.run_id, None)
             done = self._done.pop(info.run_id, None)
         if done is not None:
             done.set()

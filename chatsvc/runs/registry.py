@@ -440,6 +440,7 @@ class MemoryRunRegistry(RunRegistry):
                     error = {"type": "RunTimeout",
                              "message": f"run did not finish within {self._run_timeout:g} seconds"}
                     self._finish_locked(run, "failed", None, _freeze(error), now)
+                    run.cancel_requested = True  # tells the job, still running, to stop
 
             deleted = 0
             while self._finished_order:
