@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from chatsvc.errors import NotFound, Unprocessable
+from chatsvc.errors import Conflict, NotFound, Unprocessable
 from chatsvc.extensions import db
 from chatsvc.models import Membership, Service, Team, User
 from chatsvc.security.caller import issue_token
@@ -22,6 +22,8 @@ def create_user(email: str, password: str, *, is_admin: bool = False) -> User:
             "Password too short",
             errors={"json": {"password": [f"Shorter than minimum length {MIN_PASSWORD_LENGTH}."]}},
         )
+    if find_user(email) is not None:  # a clear message; the unique index still guards races
+        raise Conflict(f"A user with email {User.normalize_email(email)} already exists")
     user = User(email=User.normalize_email(email), is_admin=is_admin)
     user.set_password(password)
     db.session.add(user)
@@ -30,6 +32,8 @@ def create_user(email: str, password: str, *, is_admin: bool = False) -> User:
 
 
 def create_team(name: str, *, admin_email: str | None = None, admin_user_id: int | None = None) -> Team:
+    if db.session.scalar(select(Team.id).where(Team.name == name)) is not None:
+        raise Conflict(f"A team named {name!r} already exists")
     team = Team(name=name)
     admin = None
     if admin_email is not None:

@@ -28,16 +28,35 @@ def with_app(func: Callable) -> Callable:
     """Run the command inside an app context with the tables created."""
 
     def wrapper(*args, **kwargs):
+        from sqlalchemy.exc import IntegrityError
+
+        from chatsvc.errors import ApiError
         from chatsvc.extensions import db
 
         app = _app()
         with app.app_context():
             db.create_all()
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except ApiError as exc:  # the API's errors, told as a one-line message, not a traceback
+                raise click.ClickException(_describe(exc)) from None
+            except IntegrityError:
+                db.session.rollback()
+                raise click.ClickException("Conflicts with an existing record (a unique value is taken)") from None
 
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
     return wrapper
+
+
+def _describe(exc) -> str:
+    """An ApiError's message plus its field errors, e.g. ``Unknown admin user (email: No user x)``."""
+    details = [
+        f"{field}: {'; '.join(map(str, problems)) if isinstance(problems, list) else problems}"
+        for fields in (exc.errors or {}).values()
+        for field, problems in (fields.items() if isinstance(fields, dict) else [])
+    ]
+    return exc.message + (f" ({', '.join(details)})" if details else "")
 
 
 @click.group()

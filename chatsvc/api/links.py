@@ -40,8 +40,9 @@ def register_link_routes(blp: Blueprint, target_model, link_model, target_field:
         @blp.response(204)
         def put(self, target_id, service_id):
             """Let the service use this resource (idempotent)."""
-            target = manageable(get_caller(), get_or_404(target_model, target_id))
-            service = get_or_404(Service, service_id)
+            target = get_or_404(target_model, target_id)
+            service = get_or_404(Service, service_id)  # both exist before any permission check
+            manageable(get_caller(), target)
             if service.team_id != target.team_id:
                 raise Unprocessable(
                     f"Service {service_id} belongs to another team than {label.lower()} {target_id}",
@@ -54,8 +55,9 @@ def register_link_routes(blp: Blueprint, target_model, link_model, target_field:
         @blp.response(204)
         def delete(self, target_id, service_id):
             """Remove the service's access to this resource (idempotent)."""
-            manageable(get_caller(), get_or_404(target_model, target_id))
-            get_or_404(Service, service_id)
+            target = get_or_404(target_model, target_id)
+            get_or_404(Service, service_id)  # both exist before any permission check
+            manageable(get_caller(), target)
             link = find_link(target_id, service_id)
             if link is not None:
                 db.session.delete(link)

@@ -132,16 +132,17 @@ class MemberItem(MethodView):
     def get(self, team_id, user_id):
         """Get one membership."""
         team_or_404(team_id)
+        membership = _membership_or_404(team_id, user_id)  # 404 before 403
         require_team_member(get_caller(), team_id)
-        return _membership_or_404(team_id, user_id)
+        return membership
 
     @blp.arguments(MemberUpdateSchema)
     @blp.response(200, MemberSchema)
     def patch(self, body, team_id, user_id):
         """Change a member's role."""
         team_or_404(team_id)
+        membership = _membership_or_404(team_id, user_id)  # 404 before 403
         require_team_admin(get_caller(), team_id)
-        membership = _membership_or_404(team_id, user_id)
         membership.role = body["role"]
         db.session.commit()
         return membership
@@ -150,6 +151,7 @@ class MemberItem(MethodView):
     def delete(self, team_id, user_id):
         """Remove a member from a team."""
         team_or_404(team_id)
+        membership = _membership_or_404(team_id, user_id)  # 404 before 403
         require_team_admin(get_caller(), team_id)
-        db.session.delete(_membership_or_404(team_id, user_id))
+        db.session.delete(membership)
         db.session.commit()

@@ -41,15 +41,16 @@ class UserItem(MethodView):
     @blp.response(200, UserSchema)
     def get(self, user_id):
         """Get a user."""
+        user = get_or_404(User, user_id)  # 404 before 403
         require_platform_admin(get_caller())
-        return get_or_404(User, user_id)
+        return user
 
     @blp.arguments(UserUpdateSchema)
     @blp.response(200, UserSchema)
     def patch(self, body, user_id):
         """Change a user's password or platform-admin flag."""
+        user = get_or_404(User, user_id)  # 404 before 403
         require_platform_admin(get_caller())
-        user = get_or_404(User, user_id)
         if "password" in body:
             user.set_password(body["password"])
         if "is_admin" in body:
@@ -60,6 +61,7 @@ class UserItem(MethodView):
     @blp.response(204)
     def delete(self, user_id):
         """Delete a user."""
+        user = get_or_404(User, user_id)  # 404 before 403
         require_platform_admin(get_caller())
-        db.session.delete(get_or_404(User, user_id))
+        db.session.delete(user)
         db.session.commit()
