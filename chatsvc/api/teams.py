@@ -11,7 +11,6 @@ from chatsvc.extensions import db
 from chatsvc.models import Membership, Team, User
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import (
-    get_or_404,
     require_platform_admin,
     require_team_admin,
     require_team_member,

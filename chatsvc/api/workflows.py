@@ -15,7 +15,7 @@ from chatsvc.security.permissions import (
     visible_workflows,
     workflow_for_use,
 )
-from chatsvc.services.workflow_graph import check_graph
+from chatsvc.services.workflow_graph import check_graph, graph_documents
 
 from .links import register_link_routes
 from .pagination import paginate
@@ -33,6 +33,7 @@ def expert_team_id(expert_id: int) -> int | None:
 
 
 def _node_docs(nodes: list[dict]) -> list[dict]:
+    """Loaded nodes (schema attribute ``meta``) as graph documents (API name ``metadata``)."""
     return [{"key": n["key"], "node_type": n["node_type"], "metadata": n["meta"]} for n in nodes]
 
 
@@ -43,7 +44,7 @@ def _replace_graph(workflow: Workflow, nodes: list[dict], edges: list[dict]) -> 
     db.session.flush()  # delete old rows first: keys must stay unique per workflow
     by_key = {}
     for doc in nodes:
-        node = Node(key=doc["key"], node_type=doc["node_type"], meta=doc["meta"])
+        node = Node(key=doc["key"], node_type=doc["node_type"], meta=doc["metadata"])
         workflow.nodes.append(node)
         by_key[node.key] = node
     db.session.flush()  # assigns node ids, in document order
@@ -65,10 +66,11 @@ class Workflows(MethodView):
         """Create a workflow with its graph (validated: 422 names the offending nodes)."""
         team_id = existing_team_id(body["team_id"])
         require_team_admin(get_caller(), team_id)
-        check_graph(team_id, _node_docs(body["nodes"]), body["edges"], expert_team_id)
+        nodes = _node_docs(body["nodes"])
+        check_graph(team_id, nodes, body["edges"], expert_team_id)
         workflow = Workflow(team_id=team_id, name=body["name"], description=body["description"])
         db.session.add(workflow)
-        _replace_graph(workflow, body["nodes"], body["edges"])
+        _replace_graph(workflow, nodes, body["edges"])
         db.session.commit()
         return workflow, 201, {"Location": url_for("workflows.WorkflowItem", workflow_id=workflow.id)}
 
@@ -89,13 +91,10 @@ class WorkflowItem(MethodView):
             if name in body:
                 setattr(workflow, name, body[name])
         if "nodes" in body or "edges" in body:
-            nodes = body.get("nodes")
-            if nodes is None:
-                nodes = [{"key": n.key, "node_type": n.node_type, "meta": n.meta} for n in workflow.nodes]
-            edges = body.get("edges")
-            if edges is None:
-                edges = [{"source": e.source.key, "target": e.target.key} for e in workflow.edges]
-            check_graph(workflow.team_id, _node_docs(nodes), edges, expert_team_id)
+            stored_nodes, stored_edges = graph_documents(workflow)
+            nodes = _node_docs(body["nodes"]) if "nodes" in body else stored_nodes
+            edges = body.get("edges", stored_edges)
+            check_graph(workflow.team_id, nodes, edges, expert_team_id)
             _replace_graph(workflow, nodes, edges)
         db.session.commit()
         return workflow
