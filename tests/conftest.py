@@ -7,12 +7,13 @@ is absent, and fail instead when ``CHATSVC_TEST_STRICT=1`` (as in CI).
 from __future__ import annotations
 
 import itertools
-import os
+from functools import cache
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
+from werkzeug.security import generate_password_hash
 
 from chatsvc import create_app
 from chatsvc.config import Config
@@ -29,26 +30,14 @@ from chatsvc.models import (
     Workflow,
     WorkflowService,
 )
-from chatsvc.security.caller import issue_token
-
-STRICT = os.environ.get("CHATSVC_TEST_STRICT") == "1"
-TEST_JWT_SECRET = "test-secret-for-chatsvc-tests-only-0123456789"
-PASSWORD = "correct horse battery"
+from tests.support import PASSWORD, TEST_JWT_SECRET, api_key_headers, auth_headers
 
 
-def need(available: bool, reason: str) -> None:
-    """Skip (or, in strict mode, fail) when a part the test needs is missing."""
-    if available:
-        return
-    if STRICT:
-        pytest.fail(f"CHATSVC_TEST_STRICT=1 and {reason}")
-    pytest.skip(reason)
 
-
-def postgres_url() -> str:
-    url = os.environ.get("CHATSVC_TEST_DATABASE_URL")
-    need(bool(url), "PostgreSQL not configured (set CHATSVC_TEST_DATABASE_URL)")
-    return url  # type: ignore[return-value]
+@cache
+def password_hash(password: str) -> str:
+    """scrypt costs ~70 ms: hash each test password once per session (login still checks it)."""
+    return generate_password_hash(password)
 
 
 @pytest.fixture
@@ -117,7 +106,7 @@ _counter = itertools.count(1)
 def make_user(ctx) -> Callable[..., User]:
     def factory(email: str | None = None, *, is_admin: bool = False, password: str = PASSWORD) -> User:
         user = User(email=email or f"user{next(_counter)}@example.com", is_admin=is_admin)
-        user.set_password(password)
+        user.password_hash = password_hash(password)
         db.session.add(user)
         db.session.commit()
         return user
@@ -192,15 +181,6 @@ def make_workflow(ctx) -> Callable[..., Workflow]:
         return workflow
 
     return factory
-
-
-def auth_headers(user: User) -> dict[str, str]:
-    """Real JWT for the user (needs an app context)."""
-    return {"Authorization": f"Bearer {issue_token(user)}"}
-
-
-def api_key_headers(service: Service) -> dict[str, str]:
-    return {"X-API-Key": service.plain_key}
 
 
 @dataclass

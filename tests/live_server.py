@@ -20,8 +20,9 @@ from typing import Any
 
 import httpx
 
+from tests.support import TEST_JWT_SECRET
+
 GUNICORN_CONFIG = str(Path(__file__).resolve().parent.parent / "gunicorn.conf.py")
-TEST_JWT_SECRET = "test-secret-for-chatsvc-tests-only-0123456789"
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from datetime import datetime
@@ -10,17 +9,13 @@ from datetime import datetime
 import itsdangerous.timed
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from werkzeug.security import generate_password_hash
 
-from chatsvc.extensions import db
-from chatsvc.models import User
 
 from chatsvc.runs.runtime import EXTENSION_KEY
 from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done, encode_log_event
 from tests.run_helpers import parse_sse, poll, read_events
 
 CHAT = "/api/v1/chat"
-PASSWORD = "correct horse battery"  # unused by these tests (no login), but a real hash
 RUN_FIELDS = {"run_id", "kind", "target_id", "team_id", "status", "created_at", "started_at",
               "finished_at", "event_count", "events_url", "status_url"}
 
@@ -32,26 +27,6 @@ def settings(**overrides):
 
 def runtime_of(app):
     return app.extensions[EXTENSION_KEY]
-
-
-@pytest.fixture(scope="module")
-def password_hash() -> str:
-    return generate_password_hash(PASSWORD)
-
-
-@pytest.fixture
-def make_user(ctx, password_hash):
-    """conftest's make_user, with the one password hashed once per module (scrypt is slow)."""
-    counter = itertools.count(1)
-
-    def factory(email=None, *, is_admin=False):
-        user = User(email=email or f"runs-user{next(counter)}@example.com", is_admin=is_admin)
-        user.password_hash = password_hash
-        db.session.add(user)
-        db.session.commit()
-        return user
-
-    return factory
 
 
 @pytest.fixture

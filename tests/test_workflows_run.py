@@ -8,14 +8,11 @@ import time
 import pytest
 
 from tests.fake_openai import FakeOpenAI
+from tests.support import api_key_headers
 from tests.run_helpers import messages, only, poll, read_events, wait_finished
 
 RUN_URL = "/api/v1/chat/workflows:run"
 CALLERS = ["platform_admin", "team_admin", "member", "outsider", "linked_service", "unlinked_service"]
-
-
-def api_key_headers(service) -> dict[str, str]:
-    return {"X-API-Key": service.plain_key}
 
 
 def run(client, headers, workflow_id, **body):

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
-from api_support import API, assert_error
+from tests.api.api_support import API, assert_error
 from flask_jwt_extended import create_access_token, create_refresh_token
 
-from conftest import PASSWORD, TEST_JWT_SECRET
+from tests.support import PASSWORD, TEST_JWT_SECRET
 
 LOGIN = f"{API}/auth/login"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from api_support import API, assert_error
-from conftest import auth_headers  # the root conftest's helper (tests/api/conftest.py delegates to it)
+from tests.api.api_support import API, assert_error
+from tests.support import auth_headers
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from api_support import API, assert_error, db_state, field_errors
+from tests.api.api_support import API, assert_error, db_state, field_errors
 
 
 @pytest.fixture
