@@ -56,6 +56,9 @@ def create_app(config: Config | None = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api/v1",
         OPENAPI_JSON_PATH="openapi.json",
+        # Swagger UI at /api/v1/docs, its files served by chatsvc itself (pages.py): no CDN.
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/api/v1/docs/assets/",
         JSON_SORT_KEYS=False,
     )
     db.init_app(app)

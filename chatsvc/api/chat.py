@@ -38,14 +38,22 @@ from .workflows import expert_team_id
 blp = Blueprint("chat", __name__, url_prefix="/api/v1/chat", description="Run experts and workflows")
 blp.before_request(authenticate)
 
+AUTH_ERRORS = [(400, "Both Authorization and X-API-Key sent"), (401, "Missing, invalid or expired credentials")]
 RUN_ERRORS = [(404, "Target not found"), (403, "Not allowed"), (429, "Too many active runs"),
               (503, "Run queue or registry full")]
+
+
+def document_auth_errors(view):
+    """Every chat endpoint authenticates (blp.before_request), so each documents these."""
+    for code, description in AUTH_ERRORS:
+        view = blp.alt_response(code, schema=ErrorSchema, description=description)(view)
+    return view
 
 
 def document_errors(view):
     for code, description in RUN_ERRORS:
         view = blp.alt_response(code, schema=ErrorSchema, description=description)(view)
-    return view
+    return document_auth_errors(view)
 
 
 def events_url(run_id: str) -> str:
@@ -159,6 +167,7 @@ class RunWorkflow(MethodView):
 class Runs(MethodView):
     @blp.arguments(PaginationArgs, location="query")
     @blp.response(200, RunSchema(many=True))
+    @document_auth_errors
     def get(self, args):
         """List the runs the caller may see, newest first."""
         caller = get_caller()
@@ -171,6 +180,7 @@ class Runs(MethodView):
 class RunItem(MethodView):
     @blp.response(200, RunSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="Unknown, expired or not visible")
+    @document_auth_errors
     def get(self, run_id):
         """A run's status, timestamps and, once finished, its result or error."""
         return run_body(visible_run(get_caller(), run_id))
@@ -181,6 +191,7 @@ class CancelRun(MethodView):
     @blp.response(202, RunSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="Unknown, expired or not visible")
     @blp.alt_response(409, schema=ErrorSchema, description="Already finished")
+    @document_auth_errors
     def post(self, run_id):
         """Ask a run to stop; it ends as `cancelled` at its next checkpoint."""
         info = visible_run(get_caller(), run_id)

@@ -531,17 +531,21 @@ function updateStepsFromEvent(run, event) {
         setStep(run, "render", "running", { ts });
       }
       break;
+    // An expert node of a workflow emits these too: its step is the node's, so the
+    // expert phases are only updated for expert runs.
     case "prompt_rendered":
-      setStep(run, "render", "succeeded", { ts });
-      setStep(run, "llm", "running", { ts });
+      if (expert) {
+        setStep(run, "render", "succeeded", { ts });
+        setStep(run, "llm", "running", { ts });
+      }
       break;
     case "assistant_delta":
-      setStep(run, "llm", "running", { ts });
+      if (expert) setStep(run, "llm", "running", { ts });
       appendStream(d.text);
       break;
     case "assistant_reply":
     case "assistant_stub_sent":
-      setStep(run, "llm", "succeeded", { ts });
+      if (expert) setStep(run, "llm", "succeeded", { ts });
       $("stream").textContent = asText(d.content ?? "");
       $("stream-box").hidden = false;
       break;
