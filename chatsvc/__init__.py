@@ -6,16 +6,15 @@ import logging
 import os
 
 from flask import Flask
+from flask_smorest import Api
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.routing import BaseConverter
 
 from chatsvc import errors
-from chatsvc.config import Config, current_config  # noqa: F401  (re-exported)
-from flask_smorest import Api
-
-from chatsvc.extensions import db, jwt
 from chatsvc.api.schemas import ErrorSchema
+from chatsvc.config import Config, current_config  # noqa: F401  (re-exported)
+from chatsvc.extensions import db, jwt
 from chatsvc.runs import runtime
 
 

@@ -7,8 +7,8 @@ is absent, and fail instead when ``CHATSVC_TEST_STRICT=1`` (as in CI).
 from __future__ import annotations
 
 import itertools
-from functools import cache
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -31,7 +31,6 @@ from chatsvc.models import (
     WorkflowService,
 )
 from tests.support import PASSWORD, TEST_JWT_SECRET, api_key_headers, auth_headers
-
 
 
 @cache

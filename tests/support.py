@@ -10,6 +10,16 @@ STRICT = os.environ.get("CHATSVC_TEST_STRICT") == "1"
 TEST_JWT_SECRET = "test-secret-for-chatsvc-tests-only-0123456789"
 PASSWORD = "correct horse battery"
 
+# SPEC §4, "run expert / workflow": who may run a team's target (world fixture's callers).
+RUN_PERMISSIONS = [
+    ("platform_admin", 200),
+    ("team_admin", 200),
+    ("member", 200),
+    ("outsider", 403),
+    ("linked_service", 200),
+    ("unlinked_service", 403),
+]
+
 
 def need(available: bool, reason: str) -> None:
     """Skip (or, in strict mode, fail) when a part the test needs is missing."""

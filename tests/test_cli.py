@@ -18,7 +18,16 @@ from sqlalchemy import create_engine, func, inspect, select
 from chatsvc.cli import main
 from chatsvc.extensions import db
 from chatsvc.models import (
-    Edge, Expert, ExpertService, Membership, Node, Service, Team, User, Workflow, WorkflowService,
+    Edge,
+    Expert,
+    ExpertService,
+    Membership,
+    Node,
+    Service,
+    Team,
+    User,
+    Workflow,
+    WorkflowService,
 )
 
 API = "/api/v1"

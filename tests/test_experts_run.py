@@ -11,6 +11,7 @@ import pytest
 from chatsvc.services.prompt_render import server_timezone
 from tests.fake_openai import FakeOpenAI
 from tests.run_helpers import messages, only, poll, read_events, wait_finished
+from tests.support import RUN_PERMISSIONS
 
 RUN_URL = "/api/v1/chat/experts:run"
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -23,14 +24,7 @@ def run(client, headers, **body):
 # --------------------------------------------------------------------------- permissions
 
 
-@pytest.mark.parametrize("caller, expected", [
-    ("platform_admin", 200),
-    ("team_admin", 200),
-    ("member", 200),
-    ("outsider", 403),
-    ("linked_service", 200),
-    ("unlinked_service", 403),
-])
+@pytest.mark.parametrize("caller, expected", RUN_PERMISSIONS)
 def test_run_expert_permissions(client, world, caller, expected):
     rv = run(client, world.headers[caller], expert_id=world.expert.id)
     assert rv.status_code == expected, rv.get_json()

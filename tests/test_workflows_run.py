@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.fake_openai import FakeOpenAI
-from tests.support import api_key_headers
 from tests.run_helpers import messages, only, poll, read_events, wait_finished
+from tests.support import RUN_PERMISSIONS, api_key_headers
 
 RUN_URL = "/api/v1/chat/workflows:run"
 CALLERS = ["platform_admin", "team_admin", "member", "outsider", "linked_service", "unlinked_service"]
@@ -39,14 +39,7 @@ def of(events, message):
 # --------------------------------------------------------------------------- permissions
 
 
-@pytest.mark.parametrize("caller, expected", [
-    ("platform_admin", 200),
-    ("team_admin", 200),
-    ("member", 200),
-    ("outsider", 403),
-    ("linked_service", 200),
-    ("unlinked_service", 403),
-])
+@pytest.mark.parametrize("caller, expected", RUN_PERMISSIONS)
 def test_run_workflow_permissions(client, world, caller, expected):
     rv = run(client, world.headers[caller], world.workflow.id, starting_inputs={"x": 1})
     assert rv.status_code == expected, rv.get_json()

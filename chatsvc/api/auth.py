@@ -14,7 +14,6 @@ from chatsvc.security.caller import issue_token
 from .schemas import LoginSchema, TokenSchema
 
 
-
 @cache
 def _dummy_hash() -> str:
     return generate_password_hash("chatsvc-no-such-user")

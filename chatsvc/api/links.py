@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from flask.views import MethodView
+from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from chatsvc.errors import Unprocessable

@@ -11,10 +11,9 @@ from chatsvc.models import Service
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import get_or_404, manageable, require_team_admin
 
-from .teams_check import existing_team_id
-
 from .pagination import paginate
 from .schemas import PaginationArgs, ServiceSchema, ServiceUpdateSchema, ServiceWithKeySchema
+from .teams_check import existing_team_id
 
 blp = Blueprint("services", __name__, url_prefix="/api/v1/services", description="Services and API keys")
 blp.before_request(authenticate)

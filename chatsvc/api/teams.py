@@ -5,8 +5,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
-from chatsvc.errors import NotFound, Unprocessable
 from chatsvc import accounts
+from chatsvc.errors import NotFound, Unprocessable
 from chatsvc.extensions import db
 from chatsvc.models import Membership, Team, User
 from chatsvc.security.caller import authenticate, get_caller

@@ -3,13 +3,13 @@
 from flask import url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from sqlalchemy import select
 
 from chatsvc import accounts
 from chatsvc.extensions import db
 from chatsvc.models import User
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import get_or_404, require_platform_admin
-from sqlalchemy import select
 
 from .pagination import paginate
 from .schemas import PaginationArgs, UserSchema, UserUpdateSchema

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from datetime import date, datetime, time as time_of_day
+from datetime import date, datetime
+from datetime import time as time_of_day
 from typing import Any, Callable
 
 from chatsvc.runs.registry import TERMINAL_STATUSES, RunRegistry

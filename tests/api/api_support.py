@@ -43,7 +43,16 @@ def db_state() -> dict[str, list[tuple]]:
 
     from chatsvc.extensions import db
     from chatsvc.models import (
-        Edge, Expert, ExpertService, Membership, Node, Service, Team, User, Workflow, WorkflowService,
+        Edge,
+        Expert,
+        ExpertService,
+        Membership,
+        Node,
+        Service,
+        Team,
+        User,
+        Workflow,
+        WorkflowService,
     )
 
     columns = {

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
-from tests.api.api_support import API, assert_error
 from flask_jwt_extended import create_access_token, create_refresh_token
 
+from tests.api.api_support import API, assert_error
 from tests.support import PASSWORD, TEST_JWT_SECRET
 
 LOGIN = f"{API}/auth/login"

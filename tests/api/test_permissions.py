@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Callable
 
 import pytest
+
 from tests.api.api_support import API, assert_error, db_state
 
 CALLERS = ["platform_admin", "team_admin", "member", "outsider", "linked_service", "unlinked_service"]

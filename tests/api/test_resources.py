@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+
 from tests.api.api_support import API, assert_error
 from tests.support import auth_headers
 

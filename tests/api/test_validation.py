@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tests.api.api_support import API, assert_error, db_state, field_errors
 
 
