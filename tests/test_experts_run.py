@@ -85,7 +85,7 @@ def test_sync_response_shape(client, world, make_expert):
     rv = run(client, world.headers["member"], expert_id=expert.id, input_params={"name": "Ada"})
     assert rv.status_code == 200
     body = rv.get_json()
-    assert set(body) == {"run_id", "status", "messages", "warnings", "events_url"}
+    assert set(body) == {"run_id", "status", "messages", "warnings", "events_url", "status_url"}
     assert body["status"] == "succeeded"
     assert body["messages"] == [
         {"role": "user", "content": "Hello Ada!"},
@@ -93,6 +93,7 @@ def test_sync_response_shape(client, world, make_expert):
     ]
     assert body["warnings"] == []
     assert f"/runs/{body['run_id']}/events?token=" in body["events_url"]
+    assert body["status_url"] == f"/api/v1/chat/runs/{body['run_id']}"
 
 
 def test_base_precedence_defaults_then_expert_then_body(client, world, make_expert):

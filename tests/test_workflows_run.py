@@ -268,7 +268,7 @@ def test_events_and_steps_of_a_successful_run(client, world, make_workflow):
     )
     body, events, done = run_sync(client, world.headers["member"], workflow, {"q": [1, 2]})
     ids = {node.key: node.id for node in workflow.nodes}
-    assert set(body) == {"run_id", "status", "steps", "events_url"}
+    assert set(body) == {"run_id", "status", "steps", "events_url", "status_url"}
     assert body["status"] == "succeeded"
     for step, key, node_type in zip(body["steps"], ["in", "out"], ["input", "echo"]):
         assert step == {

@@ -89,6 +89,7 @@ def start_run(caller: Caller, kind: str, target: Any, job, mode: str) -> Respons
             if final.error is not None:
                 body["error"] = final.error
             body["events_url"] = events_url(final.run_id)
+            body["status_url"] = status_url(final.run_id)  # every run response links both
             return jsonify(body)
         info = runtime.registry.get(info.run_id) or info
     accepted = {

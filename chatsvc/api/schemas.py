@@ -254,6 +254,7 @@ class ExpertRunResultSchema(Schema):
     warnings = fields.List(fields.Dict())
     error = fields.Dict()
     events_url = fields.String()
+    status_url = fields.String()
 
 
 class StepSchema(Schema):
@@ -272,6 +273,7 @@ class WorkflowRunResultSchema(Schema):
     steps = fields.List(fields.Nested(StepSchema))
     error = fields.Dict()
     events_url = fields.String()
+    status_url = fields.String()
 
 
 class EventStreamArgs(Schema):
