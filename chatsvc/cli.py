@@ -143,6 +143,7 @@ def serve(demo_mode: bool, host: str | None, port: int | None) -> None:
         env["CHATSVC_HOST"] = host
     if port:
         env["CHATSVC_PORT"] = str(port)
+    _check_config(env)  # refuse here, with a clear message, rather than in a booting worker
     url = f"http://{env.get('CHATSVC_HOST', '127.0.0.1')}:{env.get('CHATSVC_PORT', '8000')}"
     if demo_mode:
         _print_demo(url)
@@ -152,6 +153,15 @@ def serve(demo_mode: bool, host: str | None, port: int | None) -> None:
     argv = [sys.executable, "-m", "gunicorn", "-c", config_file, "chatsvc:create_app()"]
     sys.stdout.flush()
     os.execvpe(sys.executable, argv, env)
+
+
+def _check_config(env: dict[str, str]) -> None:
+    from chatsvc.config import Config, ConfigError
+
+    try:
+        Config.from_env(env).validate()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _print_demo(url: str) -> None:

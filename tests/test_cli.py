@@ -167,9 +167,11 @@ def test_errors_exit_cleanly_with_a_message(runner, subtests):
             fails(runner, *args, message=message)
 
 
-def test_missing_jwt_secret_outside_development_is_a_clean_error(runner, monkeypatch):
+@pytest.mark.parametrize("command", [["init-db"], ["serve", "--port", "1"]])
+def test_missing_jwt_secret_outside_development_is_a_clean_error(runner, monkeypatch, command):
+    """`serve` refuses before starting gunicorn, so no worker boots into the error."""
     monkeypatch.delenv("CHATSVC_JWT_SECRET")
-    fails(runner, "init-db", message="CHATSVC_JWT_SECRET")
+    fails(runner, *command, message="CHATSVC_JWT_SECRET")
 
 
 # --- a real `chatsvc serve --demo` ---------------------------------------------------
