@@ -68,6 +68,10 @@ class RunContext:
             return True
         return False
 
+    def wake_for_cancel(self) -> None:
+        """Cancellation was requested in this process: wake a sleeping job at once."""
+        self._cancel_event.set()
+
     def check_cancelled(self) -> None:
         if self.cancelled:
             raise RunCancelled("Run cancelled")
@@ -148,7 +152,7 @@ class RunExecutor:
             return False
         ctx = self._contexts.get(run_id)
         if ctx is not None:
-            ctx._cancel_event.set()
+            ctx.wake_for_cancel()
         # Under the lock that _execute holds to start a run: either the run is
         # still queued and ends here, or it has started and its job sees the
         # flag. Never both, so `run_finished` is logged once.
