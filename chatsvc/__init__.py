@@ -6,6 +6,7 @@ import logging
 import os
 
 from flask import Flask
+from flask.sessions import SessionInterface
 from flask_smorest import Api
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -24,6 +25,16 @@ class ChatsvcApi(Api):
     ERROR_SCHEMA = ErrorSchema
 
 
+class NoSessions(SessionInterface):
+    """chatsvc is a token API: no cookie session to open (and sign) on every request."""
+
+    def open_session(self, app: Flask, request) -> None:
+        return self.make_null_session(app)
+
+    def save_session(self, app: Flask, session, response) -> None:
+        pass
+
+
 class RunIdConverter(BaseConverter):
     """Run ids are opaque tokens without ``:`` or ``/``, so ``/runs/<id>:cancel`` routes cleanly."""
 
@@ -37,6 +48,7 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     config.validate()
     app = Flask(__name__, instance_path=config.instance_path or None)
+    app.session_interface = NoSessions()
     if not config.jwt_secret:
         log.warning("CHATSVC_JWT_SECRET is not set: using the development secret")
     os.makedirs(app.instance_path, exist_ok=True)

@@ -46,15 +46,18 @@ class Config:
     instance_path: str | None = None
     max_body_bytes: int = 1024 * 1024
     registry_url: str = "memory://"
+    redis_prefix: str = "chatsvc:"
+    run_lease_seconds: float = 15.0
+    redis_pool_size: int = 3
     run_ttl_seconds: float = 900.0
     run_timeout_seconds: float = 600.0
     sync_timeout_seconds: float = 30.0
     sse_heartbeat_seconds: float = 20.0
     stream_token_max_age_seconds: int = 3600
     max_events_per_run: int = 10_000
-    max_live_runs: int = 1_000
-    executor_workers: int = 8
-    max_queued_runs: int = 100
+    max_live_runs: int = 5_000
+    executor_workers: int | None = None  # None: every live run at once under gevent, else 32
+    max_queued_runs: int = 1_000
     max_active_runs_per_caller: int = 10
     llm_provider: str = "stub"
     llm_base_url: str | None = None
@@ -80,15 +83,18 @@ class Config:
             instance_path=env.get("CHATSVC_INSTANCE_PATH") or None,
             max_body_bytes=_int(env, "CHATSVC_MAX_BODY_BYTES", 1024 * 1024),
             registry_url=env.get("CHATSVC_REGISTRY_URL", "memory://"),
+            redis_prefix=env.get("CHATSVC_REDIS_PREFIX", "chatsvc:"),
+            run_lease_seconds=_float(env, "CHATSVC_RUN_LEASE_SECONDS", 15.0),
+            redis_pool_size=_int(env, "CHATSVC_REDIS_POOL_SIZE", 3),
             run_ttl_seconds=_float(env, "CHATSVC_RUN_TTL_SECONDS", 900.0),
             run_timeout_seconds=_float(env, "CHATSVC_RUN_TIMEOUT_SECONDS", 600.0),
             sync_timeout_seconds=_float(env, "CHATSVC_SYNC_TIMEOUT_SECONDS", 30.0),
             sse_heartbeat_seconds=_float(env, "CHATSVC_SSE_HEARTBEAT_SECONDS", 20.0),
             stream_token_max_age_seconds=_int(env, "CHATSVC_STREAM_TOKEN_MAX_AGE_SECONDS", 3600),
             max_events_per_run=_int(env, "CHATSVC_MAX_EVENTS_PER_RUN", 10_000),
-            max_live_runs=_int(env, "CHATSVC_MAX_LIVE_RUNS", 1_000),
-            executor_workers=_int(env, "CHATSVC_EXECUTOR_WORKERS", 8),
-            max_queued_runs=_int(env, "CHATSVC_MAX_QUEUED_RUNS", 100),
+            max_live_runs=_int(env, "CHATSVC_MAX_LIVE_RUNS", 5_000),
+            executor_workers=_int(env, "CHATSVC_EXECUTOR_WORKERS", 0) or None,
+            max_queued_runs=_int(env, "CHATSVC_MAX_QUEUED_RUNS", 1_000),
             max_active_runs_per_caller=_int(env, "CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER", 10),
             llm_provider=env.get("CHATSVC_LLM_PROVIDER", "stub"),
             llm_base_url=env.get("CHATSVC_LLM_BASE_URL") or None,
@@ -116,8 +122,16 @@ class Config:
             raise ConfigError("CHATSVC_LLM_PROVIDER must be 'stub' or 'openai'")
         if self.llm_provider == "openai" and not self.llm_base_url:
             raise ConfigError("CHATSVC_LLM_BASE_URL is required with CHATSVC_LLM_PROVIDER=openai")
-        if not self.registry_url.startswith("memory://"):
-            raise ConfigError("CHATSVC_REGISTRY_URL: only memory:// is supported in this version")
+        if not (self.registry_url.startswith("memory://") or self.uses_redis):
+            raise ConfigError("CHATSVC_REGISTRY_URL must be memory://, redis://... or rediss://...")
+        if "{" in self.redis_prefix or "}" in self.redis_prefix:
+            # Braces would change the Redis Cluster hash tag of every key.
+            raise ConfigError("CHATSVC_REDIS_PREFIX must not contain { or }")
+
+    @property
+    def uses_redis(self) -> bool:
+        """True when runs live in Redis (shared by every worker and host)."""
+        return self.registry_url.startswith(("redis://", "rediss://"))
 
     @property
     def effective_jwt_secret(self) -> str:

@@ -9,6 +9,8 @@ gevent has patched threading before the registry and executor create locks.
 
 import logging
 import os
+import signal
+import time
 
 log = logging.getLogger("gunicorn.error")
 
@@ -22,7 +24,9 @@ bind = os.environ.get("CHATSVC_BIND") or (
 )
 worker_class = "gevent"
 worker_connections = _int("CHATSVC_WORKER_CONNECTIONS", 2000)
-workers = _int("CHATSVC_WORKERS", 1)
+_registry_url = os.environ.get("CHATSVC_REGISTRY_URL", "memory://")
+# With Redis every worker serves every run: one gevent worker per core by default.
+workers = _int("CHATSVC_WORKERS", 1 if _registry_url.startswith("memory://") else (os.cpu_count() or 1))
 timeout = _int("CHATSVC_WORKER_TIMEOUT", 30)
 graceful_timeout = _int("CHATSVC_GRACEFUL_TIMEOUT", 30)
 keepalive = _int("CHATSVC_KEEPALIVE", 5)
@@ -37,7 +41,6 @@ errorlog = "-"
 # %(U)s is the path without the query string: stream tokens (?token=) stay out of logs.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
 
-_registry_url = os.environ.get("CHATSVC_REGISTRY_URL", "memory://")
 MEMORY_REGISTRY_WORKERS_NOTE = (
     "CHATSVC_REGISTRY_URL is memory://: runs live in one process, so gunicorn runs "
     "exactly one (gevent) worker"
@@ -57,3 +60,40 @@ def on_starting(server) -> None:
         )
     elif _registry_url.startswith("memory://"):
         server.log.info(MEMORY_REGISTRY_WORKERS_NOTE)
+
+
+# --- graceful shutdown (SPEC §12) ---------------------------------------------------
+# On SIGTERM gunicorn stops accepting and waits up to graceful_timeout for open
+# connections, then the worker exits. Runs are not connections, so the app is
+# told too: it takes no new runs, closes streams that can resume elsewhere, and
+# gives its live runs the rest of the graceful window before ending them as
+# failed ``ShuttingDown``. A margin keeps that inside the arbiter's SIGKILL.
+SHUTDOWN_MARGIN_SECONDS = 2
+
+
+def post_worker_init(worker) -> None:
+    """Start the app's shutdown as soon as the worker receives SIGTERM."""
+    gunicorn_handler = worker.handle_exit
+
+    def handle_exit(sig, frame) -> None:
+        gunicorn_handler(sig, frame)
+        if getattr(worker, "chatsvc_shutdown_deadline", None) is None:
+            worker.chatsvc_shutdown_deadline = time.monotonic() + graceful_timeout - SHUTDOWN_MARGIN_SECONDS
+            import gevent  # the worker class is gevent's; only imported inside a worker
+
+            gevent.spawn(_shut_down_app, worker)
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_exit(server, worker) -> None:
+    """The worker's loop ended (SIGTERM, reload, max requests): finish the app's shutdown."""
+    _shut_down_app(worker)
+
+
+def _shut_down_app(worker) -> None:
+    shutdown = getattr(worker.wsgi, "extensions", {}).get("chatsvc.shutdown")
+    if shutdown is None:
+        return
+    deadline = getattr(worker, "chatsvc_shutdown_deadline", None)
+    shutdown(0.0 if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -51,8 +51,11 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def registry(clock) -> Iterator[MemoryRunRegistry]:
-    reg = MemoryRunRegistry(ttl_seconds=60, run_timeout_seconds=600, max_live_runs=100, clock=clock)
+def registry(clock, request) -> Iterator[MemoryRunRegistry]:
+    """The per-caller limit is the registry's: ``@pytest.mark.owner_limit(n)`` sets it (default 5)."""
+    marker = request.node.get_closest_marker("owner_limit")
+    reg = MemoryRunRegistry(ttl_seconds=60, run_timeout_seconds=600, max_live_runs=100,
+                            max_active_per_owner=marker.args[0] if marker else 5, clock=clock)
     yield reg
     reg.close()
 
@@ -63,10 +66,9 @@ def make_executor(registry) -> Iterator:
     made: list[RunExecutor] = []
 
     def factory(*, reg: MemoryRunRegistry | None = None, workers: int = 2, max_queued: int = 10,
-                max_active_per_caller: int = 5, on_finished=None) -> RunExecutor:
+                on_finished=None) -> RunExecutor:
         reg = reg or registry
-        ex = RunExecutor(reg, RunLogger(reg), workers=workers, max_queued=max_queued,
-                         max_active_per_caller=max_active_per_caller, on_finished=on_finished)
+        ex = RunExecutor(reg, RunLogger(reg), workers=workers, max_queued=max_queued, on_finished=on_finished)
         made.append(ex)
         return ex
 
@@ -197,8 +199,9 @@ def test_cancel_while_running_wakes_a_sleeping_job_at_once(make_executor, regist
     assert ex.cancel(info.run_id) is False  # finished: nothing to cancel
 
 
+@pytest.mark.owner_limit(2)
 def test_cancel_while_queued_never_runs_the_job(make_executor, registry):
-    ex = make_executor(workers=1, max_active_per_caller=2)
+    ex = make_executor(workers=1)
     blocker = Gate()
     first = submit(ex, blocker)
     blocker.wait_started()
@@ -231,8 +234,9 @@ def test_cancel_unknown_run_is_false(make_executor):
 # --- limits ---------------------------------------------------------------------
 
 
+@pytest.mark.owner_limit(1)
 def test_active_runs_per_caller_limit_is_429(make_executor):
-    ex = make_executor(max_active_per_caller=1)
+    ex = make_executor()
     gate = Gate()
     first = submit(ex, gate, owner="user:1")
     with pytest.raises(TooManyRequests) as caught:
@@ -284,8 +288,9 @@ def test_full_registry_is_503_with_retry_after(make_executor, clock):
     pytest.param(lambda ctx: RunOutcome("failed", error={"type": "X", "message": "y"}), id="failed-outcome"),
     pytest.param(lambda ctx: ctx.check_cancelled() or ctx.sleep(0), id="succeeds"),
 ])
+@pytest.mark.owner_limit(1)
 def test_caller_slots_are_released_whatever_the_outcome(make_executor, job):
-    ex = make_executor(max_active_per_caller=1)
+    ex = make_executor()
     for _ in range(5):  # a leaked slot would refuse the second submit with 429
         finished(ex, submit(ex, job, owner="service:4").run_id)
     assert ex.queue_depth == 0
@@ -333,8 +338,8 @@ def test_wait_for_unknown_run_is_none(make_executor):
 
 
 def test_run_timeout_fails_the_run_and_stops_the_job(make_executor, clock):
-    reg = MemoryRunRegistry(run_timeout_seconds=30, clock=clock)
-    ex = make_executor(reg=reg, max_active_per_caller=1)
+    reg = MemoryRunRegistry(run_timeout_seconds=30, max_active_per_owner=1, clock=clock)
+    ex = make_executor(reg=reg)
     started, stopped = threading.Event(), threading.Event()
 
     def sleeper(ctx: RunContext) -> None:

@@ -1,4 +1,12 @@
-"""MemoryRunRegistry and RunLogger, without Flask."""
+"""The run registry's behaviour on both backends (memory, Redis), and RunLogger, without Flask.
+
+Most tests take the ``registry`` / ``make_registry`` fixtures, parametrized over
+``memory`` and ``redis`` (a real Redis: CHATSVC_TEST_REDIS_URL, each test under its
+own key prefix, deleted afterwards). Tests that move a FakeClock to travel through
+TTLs and timeouts construct ``MemoryRunRegistry`` directly and stay memory-only;
+their Redis counterparts (tests/test_redis_registry.py) use short real TTLs,
+timeouts and leases, because Redis decides those by its own clock.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import pytest
 
 from chatsvc.runs import registry as registry_module
 from chatsvc.runs.logger import RunLogger, to_jsonable
+from chatsvc.runs.redis_registry import RedisRunRegistry
 from chatsvc.runs.registry import (
     TERMINAL_STATUSES,
     MemoryRunRegistry,
@@ -23,6 +32,7 @@ from chatsvc.runs.registry import (
     RunInfo,
     RunNotFound,
 )
+from tests.redis_support import delete_prefix, redis_url, unique_prefix
 
 WAIT = 5.0  # generous upper bound for anything that should happen "at once"
 
@@ -42,8 +52,45 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(params=["memory", "redis"])
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def registry(clock: FakeClock):
+def make_registry(backend: str, clock: FakeClock):
+    """Builds registries of this test's backend; Redis ones share one key prefix (one "deployment").
+
+    ``redis_options`` go to RedisRunRegistry only (e.g. ``pool_size``).
+    """
+    made = []
+    url = redis_url() if backend == "redis" else None
+    prefix = unique_prefix()
+
+    def make(redis_options: dict | None = None, **options):
+        options.setdefault("clock", clock)
+        if backend == "memory":
+            reg = MemoryRunRegistry(**options)
+        else:
+            reg = RedisRunRegistry(url, prefix=prefix, **options, **(redis_options or {}))
+        made.append(reg)
+        return reg
+
+    yield make
+    for reg in made:
+        reg.close()
+    if url is not None:
+        delete_prefix(url, prefix)
+
+
+@pytest.fixture
+def registry(make_registry):
+    return make_registry(ttl_seconds=60, run_timeout_seconds=30)
+
+
+@pytest.fixture
+def memory_registry(clock: FakeClock):
+    """For white-box and time-travel tests of the memory backend."""
     reg = MemoryRunRegistry(ttl_seconds=60, run_timeout_seconds=30, clock=clock)
     yield reg
     reg.close()
@@ -69,13 +116,21 @@ def read_until_done(reg: MemoryRunRegistry, run_id: str,
     raise AssertionError("reader never got done")
 
 
-def wait_for_waiters(reg: MemoryRunRegistry, run_id: str, count: int) -> None:
-    """Blocks until `count` readers are parked in the run's Condition (white-box, no sleeps)."""
-    condition = reg._runs[run_id].changed
+def wait_for_waiters(reg, run_id: str, count: int) -> None:
+    """Blocks until `count` readers are parked waiting for the run (white-box, no sleeps)."""
     deadline = time.monotonic() + WAIT
-    while len(condition._waiters) < count:  # CPython's threading.Condition internals
+    while _waiters(reg, run_id) < count:
         assert time.monotonic() < deadline, "reader never started waiting"
         time.sleep(0.001)
+
+
+def _waiters(reg, run_id: str) -> int:
+    if isinstance(reg, RedisRunRegistry):
+        # Clients of this registry blocked in XREAD (named after the test's unique prefix).
+        clients = reg._redis.client_list()
+        return sum(1 for c in clients if c["name"] == f"{reg._prefix}registry"
+                   and "b" in c["flags"] and c["cmd"] == "xread")
+    return len(reg._runs[run_id].feed.signal()._cond._waiters)  # CPython's threading.Event internals
 
 
 # --- create / get / list / lifecycle ---------------------------------------------
@@ -289,9 +344,12 @@ def test_blocked_reader_wakes_on_finish(registry):
     assert outcome["r"].events == [] and outcome["r"].done.status == "cancelled"
 
 
-def test_concurrent_producers_and_readers_see_every_event_once_in_order(registry):
+def test_concurrent_producers_and_readers_see_every_event_once_in_order(make_registry):
     producers, per_producer, readers = 8, 500, 20
     total = producers * per_producer
+    # read() on Redis holds a pooled connection while it blocks (SSE streams use the
+    # per-process follower instead): give 20 blocking readers + 8 producers enough.
+    registry = make_registry(redis_options={"pool_size": 32})
     run = new_run(registry)
     start = threading.Barrier(producers + readers)
     results: dict[int, list] = {}
@@ -335,8 +393,8 @@ def test_concurrent_producers_and_readers_see_every_event_once_in_order(registry
 # --- limits ----------------------------------------------------------------------------
 
 
-def test_event_limit_truncates_once_but_keeps_errors_and_done(clock):
-    registry = MemoryRunRegistry(max_events_per_run=3, clock=clock)
+def test_event_limit_truncates_once_but_keeps_errors_and_done(make_registry):
+    registry = make_registry(max_events_per_run=3)
     run = new_run(registry)
     assert [registry.append(run.run_id, "info", f"m{i}") for i in range(3)] == [1, 2, 3]
     assert registry.append(run.run_id, "info", "dropped") is None
@@ -354,8 +412,8 @@ def test_event_limit_truncates_once_but_keeps_errors_and_done(clock):
     assert done.done_seq == 6 and done.event_count == 5
 
 
-def test_registry_full_counts_only_unfinished_runs(clock):
-    registry = MemoryRunRegistry(max_live_runs=2, clock=clock)
+def test_registry_full_counts_only_unfinished_runs(make_registry):
+    registry = make_registry(max_live_runs=2)
     first = new_run(registry)
     new_run(registry)
     with pytest.raises(RegistryFull) as raised:
@@ -407,7 +465,8 @@ def test_gc_deletes_runs_ttl_after_they_finish(clock):
     assert registry.get(live.run_id).status == "queued"  # unfinished runs are never deleted
 
 
-def test_gc_fails_runs_that_exceed_the_run_timeout(registry, clock):
+def test_gc_fails_runs_that_exceed_the_run_timeout(memory_registry, clock):  # time travel
+    registry = memory_registry
     run = new_run(registry)
     registry.mark_running(run.run_id)
     registry.append(run.run_id, "info", "working")
@@ -428,7 +487,8 @@ def test_gc_fails_runs_that_exceed_the_run_timeout(registry, clock):
     assert registry.gc() == 1
 
 
-def test_reader_waiting_on_a_timed_out_run_gets_done(registry, clock):
+def test_reader_waiting_on_a_timed_out_run_gets_done(memory_registry, clock):  # time travel
+    registry = memory_registry
     run = new_run(registry)
     outcome = {}
     thread = threading.Thread(
@@ -478,7 +538,8 @@ def test_gc_thread_runs_and_survives_exceptions(registry, monkeypatch, caplog):
     assert registry._gc_thread is None
 
 
-def test_gc_thread_deletes_expired_runs(registry, clock):
+def test_gc_thread_deletes_expired_runs(memory_registry, clock):  # time travel
+    registry = memory_registry
     run = new_run(registry)
     registry.finish(run.run_id, "succeeded")
     clock.now += 61

@@ -8,6 +8,7 @@ because the stream must also work without gevent.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -320,3 +321,86 @@ def test_stream_under_a_threaded_wsgi_server(threaded_server, world, make_workfl
     assert signature(rest[1:]) == signature(received[4:])
     rv = httpx.get(threaded_server + body["events_url"], headers={"Last-Event-ID": done.id})
     assert rv.status_code == 204
+
+
+# --- fan-out under load ------------------------------------------------------------------------
+
+
+def test_a_slow_subscriber_does_not_delay_the_others(live):
+    """A client that stops reading blocks only its own socket: the run and the other streams go on."""
+    blob = "x" * 200_000  # each node_output carries it: far more than the socket buffers hold
+    nodes = [{"key": "start", "node_type": "input", "metadata": {}},
+             {"key": "pause", "node_type": "sleep", "metadata": {"seconds": 0.5}}]
+    nodes += [{"key": f"e{i}", "node_type": "echo", "metadata": {}} for i in range(4)]
+    keys = [node["key"] for node in nodes]
+    rv = httpx.post(live.url + "/api/v1/workflows", headers=live.admin, json={
+        "team_id": live.seed["team_id"], "name": "Big outputs", "nodes": nodes,
+        "edges": [{"source": a, "target": b} for a, b in zip(keys, keys[1:])]})
+    assert rv.status_code == 201, rv.text
+    rv = httpx.post(live.url + f"{CHAT}/workflows:run", headers=live.admin, json={
+        "workflow_id": rv.json()["id"], "starting_inputs": {"blob": blob}, "mode": "async"})
+    body = rv.json()
+
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", live.server.port))
+    slow.sendall(f"GET {body['events_url']} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = list(pool.map(lambda _: read_stream(live.url + body["events_url"]), range(3)))
+        assert time.monotonic() - started < 10
+        logs, done = check_complete(results[0], body["run_id"])
+        assert done.json()["status"] == "succeeded" and len(logs) > 10
+        assert all(signature(result) == signature(results[0]) for result in results)
+
+        # The slow client, still stuck on its first buffers, finally reads everything, in order.
+        slow.settimeout(15)
+        raw = b""
+        while chunk := slow.recv(1 << 16):
+            raw += chunk
+        text = raw.decode()
+        assert text.count(blob) == sum(r.sse.data.count(blob) for r in results[0]) > 0
+        assert text.rindex("event: done") > text.rindex(f"id: {len(logs)}\n")
+    finally:
+        slow.close()
+    wait_no_streams(live)
+
+
+@pytest.mark.timeout(300)
+def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path):
+    """Runs waiting in a sleep node cost a greenlet each: one worker runs 1,000 at once."""
+    runs = 1000
+    # Only the per-caller fairness limit is raised (all runs here have one caller);
+    # the executor, queue and live-run limits are the defaults.
+    with LiveServer(tmp_path, env={"CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER": "100000"}) as server:
+        seed = server.seed()
+        admin = {"Authorization": "Bearer " + httpx.post(server.url + "/api/v1/auth/login", json={
+            "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]}
+        rv = httpx.post(server.url + "/api/v1/workflows", headers=admin, json={
+            "team_id": seed["team_id"], "name": "Long nap",
+            "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
+                      # Long enough for every run to start before the first one ends.
+                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 45}}],
+            "edges": [{"source": "start", "target": "nap"}]})
+        workflow_id = rv.json()["id"]
+
+        def start(_: int) -> str:
+            with httpx.Client(base_url=server.url, headers=admin, timeout=TIMEOUT) as client:
+                rv = client.post(f"{CHAT}/workflows:run", json={"workflow_id": workflow_id, "mode": "async"})
+                assert rv.status_code == 202, rv.text
+                return rv.json()["run_id"]
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            run_ids = list(pool.map(start, range(runs)))
+        assert time.monotonic() - started < 45, "starting the runs took longer than they sleep"
+
+        def final(run_id: str) -> dict:
+            return poll(lambda: httpx.get(f"{server.url}{CHAT}/runs/{run_id}", headers=admin, timeout=TIMEOUT).json(),
+                        lambda run: run["status"] not in ("queued", "running"), timeout=120, interval=0.5)
+
+        infos = [final(run_id) for run_id in run_ids]
+        assert {info["status"] for info in infos} == {"succeeded"}
+        # All were running at the same moment: the last to start began before the first ended.
+        assert max(info["started_at"] for info in infos) < min(info["finished_at"] for info in infos)

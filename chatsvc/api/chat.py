@@ -106,7 +106,7 @@ def start_run(caller: Caller, kind: str, target: Any, job, mode: str) -> Respons
 
 @blp.route("/experts:run")
 class RunExpert(MethodView):
-    @blp.arguments(ExpertRunSchema)
+    @blp.arguments(ExpertRunSchema())  # an instance: webargs would build a Schema per request
     @blp.alt_response(200, schema=ExpertRunResultSchema, description="Sync run finished", success=True)
     @blp.alt_response(202, schema=RunAcceptedSchema, description="Run accepted (async, or sync past the timeout)")
     @document_errors
@@ -142,7 +142,7 @@ def _experts_of(caller: Caller, workflow: Workflow) -> dict[int, ExpertSnapshot]
 
 @blp.route("/workflows:run")
 class RunWorkflow(MethodView):
-    @blp.arguments(WorkflowRunSchema)
+    @blp.arguments(WorkflowRunSchema())
     @blp.alt_response(200, schema=WorkflowRunResultSchema, description="Sync run finished", success=True)
     @blp.alt_response(202, schema=RunAcceptedSchema, description="Run accepted (async, or sync past the timeout)")
     @blp.alt_response(422, schema=ErrorSchema, description="The stored graph is no longer valid")

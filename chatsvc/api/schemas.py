@@ -275,10 +275,3 @@ class WorkflowRunResultSchema(Schema):
     events_url = fields.String()
     status_url = fields.String()
 
-
-class EventStreamArgs(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    token = fields.String(metadata={"description": "Stream token from `events_url` (for EventSource)"})
-    last_event_id = fields.String(metadata={"description": "Resume after this seq (or send Last-Event-ID)"})

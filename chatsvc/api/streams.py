@@ -9,13 +9,13 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from chatsvc.errors import NotFound, Unauthorized
-from chatsvc.runs.registry import RunNotFound, RunRegistry
+from chatsvc.runs.registry import RegistryUnavailable, RunNotFound, RunRegistry
 from chatsvc.runs.runtime import current_runtime
-from chatsvc.runs.sse import HEARTBEAT, RETRY_PREAMBLE, encode_done, encode_log_event, parse_last_event_id
+from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
 from chatsvc.security.caller import get_caller, has_credentials
 from chatsvc.security.permissions import can_see_run
 
-from .schemas import ErrorSchema, EventStreamArgs
+from .schemas import ErrorSchema
 
 blp = Blueprint("streams", __name__, url_prefix="/api/v1/chat", description="Live run logs (SSE)")
 
@@ -27,45 +27,57 @@ SSE_HEADERS = {
 
 def stream_events(
     registry: RunRegistry, run_id: str, after_seq: int, heartbeat: float, on_open=None, on_close=None
-) -> Iterator[str]:
+) -> Iterator[bytes]:
     """Backlog, then live events as they are appended, then ``done``; a ping while idle.
 
-    Blocks in ``registry.read`` (woken by appends, no polling). When the client
-    goes away the server closes this generator at its next write, and the
-    ``finally`` releases the subscriber.
+    Reads the run's ``RunFeed``: the bytes it yields were encoded once for every
+    subscriber of this process, and a read blocks until the feed is woken by an
+    append (no polling). When the client goes away the server closes this
+    generator at its next write, and the ``with``/``finally`` release it.
     """
     if on_open:
         on_open()
     try:
-        yield RETRY_PREAMBLE
-        while True:
-            try:
-                batch = registry.read(run_id, after_seq, timeout=heartbeat)
-            except RunNotFound:
-                return  # expired while we streamed: nothing more will come
-            if batch.events:
-                after_seq = batch.events[-1].seq
-                yield "".join(encode_log_event(event) for event in batch.events)
-            if batch.done is not None:
-                yield encode_done(batch.done)
-                return
-            if not batch.events:
-                yield HEARTBEAT
+        with registry.subscribe(run_id) as feed:
+            found = feed.read(after_seq, 0)  # the backlog, without waiting
+            chunk = RETRY_PREAMBLE_BYTES + found.data  # one write for both
+            while True:
+                yield chunk
+                if found.finished:
+                    return
+                after_seq = found.last_seq
+                found = feed.read(after_seq, heartbeat)
+                chunk = found.data or HEARTBEAT_BYTES
+    except RunNotFound:
+        return  # expired before we subscribed: nothing more will come
+    except RegistryUnavailable:
+        return  # Redis went away: EventSource reconnects (503 until it is back) and resumes
     finally:
         if on_close:
             on_close()
 
 
+# The query is read straight from request.args: this view is opened by every
+# subscriber, and schema-based parsing was a sixth of the cost of an open.
+STREAM_QUERY_PARAMETERS = [
+    {"in": "query", "name": "token", "required": False, "schema": {"type": "string"},
+     "description": "Stream token from `events_url` (for EventSource, which cannot send headers)"},
+    {"in": "query", "name": "last_event_id", "required": False, "schema": {"type": "string"},
+     "description": "Resume after this seq (or send the `Last-Event-ID` header)"},
+]
+
+
 @blp.route("/runs/<run_id:run_id>/events")
 class RunEvents(MethodView):
-    @blp.arguments(EventStreamArgs, location="query")
+    @blp.doc(parameters=STREAM_QUERY_PARAMETERS)
     @blp.alt_response(200, description="`text/event-stream`: log events, pings, then `done`", success=True)
     @blp.alt_response(204, description="Already sent `done` (Last-Event-ID): stop reconnecting")
     @blp.alt_response(401, schema=ErrorSchema, description="No, invalid or expired credentials or token")
     @blp.alt_response(404, schema=ErrorSchema, description="Unknown, expired or not visible")
-    def get(self, args, run_id):
+    def get(self, run_id):
         """Stream a run's log. Auth: the usual headers, or the signed `token` in `events_url`."""
         runtime = current_runtime()
+        args = request.args
         token = args.get("token")
         if token and not has_credentials():
             if not runtime.tokens.is_valid_for(token, run_id):

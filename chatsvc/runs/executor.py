@@ -5,8 +5,14 @@ result, meaning success). Whatever the job does, including raising, the run
 goes queued → running → succeeded | failed | cancelled with ``run_started`` and
 ``run_finished`` events, and the worker thread survives.
 
-Limits (SPEC §10): queued runs (503 + Retry-After), live runs in the registry
-(503 + Retry-After) and active runs per caller (429).
+Limits (SPEC §10): queued runs (503 + Retry-After); live runs and active runs
+per caller are the registry's (503 and 429), so they hold across processes
+with a shared backend.
+
+Under gevent the pool's "threads" are greenlets: a run waiting on the LLM or in
+a ``sleep`` node costs a greenlet, so the pool is sized to run every live run at
+once (``default_workers``). CPU-heavy work (JSONata) runs in evaluator processes,
+not here, so it cannot starve the streams.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Callable
 
 from chatsvc.errors import ServiceUnavailable, TooManyRequests
 from chatsvc.runs.logger import RunLogger
-from chatsvc.runs.registry import RegistryFull, RunInfo, RunRegistry
+from chatsvc.runs.registry import RegistryFull, RunInfo, RunRegistry, TooManyActiveRuns
 
 log = logging.getLogger("chatsvc.runs")
 
@@ -98,20 +104,18 @@ class RunExecutor:
         *,
         workers: int,
         max_queued: int,
-        max_active_per_caller: int,
         on_finished: Callable[[RunInfo], None] | None = None,
     ) -> None:
         self.registry = registry
         self.logger = logger
         self._max_queued = max_queued
-        self._max_active_per_caller = max_active_per_caller
         self._on_finished = on_finished
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chatsvc-run")
         self._lock = threading.Lock()
         self._queued = 0
-        self._active_by_owner: dict[str, int] = {}
         self._contexts: dict[str, RunContext] = {}
         self._done: dict[str, threading.Event] = {}
+        self._accepting = True
 
     @property
     def queue_depth(self) -> int:
@@ -120,20 +124,25 @@ class RunExecutor:
     def submit(self, *, kind: str, target_id: int, team_id: int, owner: str, job: Job) -> RunInfo:
         """Register a run and queue it; raises 429/503 when a limit is reached."""
         with self._lock:
-            if self._active_by_owner.get(owner, 0) >= self._max_active_per_caller:
-                raise TooManyRequests(
-                    f"Too many active runs for this caller (limit {self._max_active_per_caller})",
-                    retry_after=5,
-                )
+            if not self._accepting:
+                raise ServiceUnavailable("The server is shutting down; try again shortly", retry_after=5)
             if self._queued >= self._max_queued:
                 raise ServiceUnavailable("Too many queued runs; try again shortly", retry_after=5)
-            try:
-                info = self.registry.create(kind=kind, target_id=target_id, team_id=team_id, owner=owner)
-            except RegistryFull as exc:
-                raise ServiceUnavailable("Too many live runs; try again shortly", retry_after=exc.retry_after) from None
-            self._queued += 1
-            self._active_by_owner[owner] = self._active_by_owner.get(owner, 0) + 1
-            ctx = RunContext(info.run_id, self.registry, self.logger)
+            self._queued += 1  # reserved now; the registry call below may wait on the network
+        try:
+            info = self.registry.create(kind=kind, target_id=target_id, team_id=team_id, owner=owner)
+        except BaseException as exc:
+            with self._lock:
+                self._queued -= 1
+            if isinstance(exc, TooManyActiveRuns):
+                raise TooManyRequests(f"Too many active runs for this caller ({exc})",
+                                      retry_after=exc.retry_after) from None
+            if isinstance(exc, RegistryFull):
+                raise ServiceUnavailable("Too many live runs; try again shortly",
+                                         retry_after=exc.retry_after) from None
+            raise
+        ctx = RunContext(info.run_id, self.registry, self.logger)
+        with self._lock:
             self._contexts[info.run_id] = ctx
             self._done[info.run_id] = threading.Event()
         try:
@@ -141,9 +150,9 @@ class RunExecutor:
         except RuntimeError as exc:  # the pool is shutting down
             with self._lock:
                 self._queued -= 1
-            self.logger.finish(info.run_id, "failed", error={"type": "ShuttingDown", "message": str(exc)})
-            self._release(info)  # after finish: on_finished reports the final state
-            raise ServiceUnavailable("The server is shutting down", retry_after=5) from None
+            self.logger.finish(info.run_id, "failed", error=shutting_down_error(str(exc)))
+            self._release(info.run_id)  # after finish: on_finished reports the final state
+            raise ServiceUnavailable("The server is shutting down; try again shortly", retry_after=5) from None
         return info
 
     def cancel(self, run_id: str) -> bool:
@@ -161,9 +170,9 @@ class RunExecutor:
             ended_in_queue = info is not None and info.status == "queued" and self.logger.finish(
                 run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
         if ended_in_queue:
-            # Not started yet: it is over now, so free its caller slot and wake
+            # Not started yet: it is over now (the registry freed its caller slot), so wake
             # wait(); the worker that dequeues it later sees it finished and skips it.
-            self._release(info)
+            self._release(info.run_id)
         return True
 
     def wait(self, run_id: str, timeout: float) -> RunInfo | None:
@@ -174,11 +183,28 @@ class RunExecutor:
         info = self.registry.get(run_id)
         return info if info is not None and info.finished else None
 
-    def shutdown(self) -> None:
-        """Stop taking runs, cancel the live ones, and wait briefly for workers to notice."""
-        for run_id in list(self._contexts):
-            self.cancel(run_id)
+    def shutdown(self, grace_seconds: float = 0.0) -> None:
+        """Take no new runs, give live runs ``grace_seconds`` to finish, end the rest as failed.
+
+        The rest end with error ``ShuttingDown`` and are told to stop; nothing of
+        this process is left ``queued`` or ``running``. Idempotent.
+        """
+        with self._lock:
+            self._accepting = False
+        deadline = time.monotonic() + grace_seconds
+        for done in list(self._done.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not done.wait(remaining):
+                break
+        for run_id, ctx in list(self._contexts.items()):
+            if self.logger.finish(run_id, "failed", error=shutting_down_error()):
+                log.warning("run %s: ended as ShuttingDown", run_id)
+            ctx.wake_for_cancel()  # the job stops at its next checkpoint; its finish is a no-op
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for run_id in list(self._contexts):  # never started: their futures were cancelled
+            with self._lock:
+                self._queued -= 1
+            self._release(run_id)
 
     def _execute(self, info: RunInfo, job: Job, ctx: RunContext) -> None:
         run_id = info.run_id
@@ -206,7 +232,7 @@ class RunExecutor:
             log.exception("run %s: executor failure", run_id)
             self.registry.finish(run_id, "failed", error={"type": type(exc).__name__, "message": "internal error"})
         finally:
-            self._release(info)
+            self._release(info.run_id)
 
     def _run_job(self, job: Job, ctx: RunContext) -> RunOutcome:
         try:
@@ -220,23 +246,31 @@ class RunExecutor:
             outcome = RunOutcome(result=outcome)
         return outcome
 
-    def _release(self, info: RunInfo) -> None:
-        """Frees the run's caller slot, wakes wait() and reports it finished; once per run."""
+    def _release(self, run_id: str) -> None:
+        """Wakes wait() and reports the run finished; once per run."""
         with self._lock:
-            if self._contexts.pop(info.run_id, None) is None:
+            if self._contexts.pop(run_id, None) is None:
                 return  # already released (cancelled while queued)
-            remaining = self._active_by_owner.get(info.owner, 1) - 1
-            if remaining:
-                self._active_by_owner[info.owner] = remaining
-            else:
-                self._active_by_owner.pop(info.owner, None)
-            done = self._done.pop(info.run_id, None)
+            done = self._done.pop(run_id, None)
         if done is not None:
             done.set()
         if self._on_finished is not None:
-            final = self.registry.get(info.run_id)
+            final = self.registry.get(run_id)
             if final is not None:
                 self._on_finished(final)
+
+
+def default_workers(max_live_runs: int) -> int:
+    """Pool size: every live run at once under gevent (greenlets), a thread pool's worth otherwise."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return 32
+    return max_live_runs if monkey.is_module_patched("threading") else 32
+
+
+def shutting_down_error(message: str = "the server shut down before the run finished") -> dict[str, str]:
+    return {"type": "ShuttingDown", "message": message}
 
 
 def _cancelled_error() -> dict[str, str]:

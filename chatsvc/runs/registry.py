@@ -24,9 +24,14 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager, Iterator
+
+from chatsvc.errors import ServiceUnavailable
+from chatsvc.runs.feed import RunFeed
+from chatsvc.runs.sse import encode_done, encode_log_event
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 LEVELS = frozenset({"info", "warn", "error"})
@@ -121,6 +126,18 @@ class RegistryFull(Exception):
         self.retry_after = retry_after
 
 
+class TooManyActiveRuns(RegistryFull):
+    """This owner already has its limit of live runs (429, not 503: it is the caller's limit)."""
+
+
+class RegistryUnavailable(ServiceUnavailable):
+    """The registry's backend cannot be reached (Redis down): 503 + Retry-After wherever it surfaces."""
+
+    def __init__(self, message: str = "Run registry unavailable; try again shortly", *,
+                 retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 # --- Read-only containers -----------------------------------------------------
 # Every reader of a run receives the same Event objects (copying each event for
 # each of N subscribers would cost N copies per append). So that one caller
@@ -182,7 +199,11 @@ class RunRegistry(ABC):
 
     @abstractmethod
     def create(self, *, kind: str, target_id: int, team_id: int, owner: str) -> RunInfo:
-        """Registers a `queued` run; raises RegistryFull when too many runs are unfinished."""
+        """Registers a `queued` run.
+
+        Raises RegistryFull when too many runs are unfinished, TooManyActiveRuns
+        when `owner` has too many (both limits count every process of the backend).
+        """
 
     @abstractmethod
     def get(self, run_id: str) -> RunInfo | None: ...
@@ -218,6 +239,13 @@ class RunRegistry(ABC):
         """
 
     @abstractmethod
+    def subscribe(self, run_id: str) -> ContextManager[RunFeed]:
+        """This process's feed of the run's encoded events, held open for one SSE subscriber.
+
+        Raises RunNotFound if the run does not exist.
+        """
+
+    @abstractmethod
     def request_cancel(self, run_id: str) -> bool:
         """Sets the cooperative cancel flag; False if the run is unknown or finished."""
 
@@ -231,6 +259,13 @@ class RunRegistry(ABC):
     def ping(self) -> bool:
         """True if the backend answers (readiness probe); memory always does."""
         return True
+
+    def close_streams(self) -> None:
+        """Ends this process's open streams before it stops (a shared backend: they resume elsewhere).
+
+        The memory backend keeps them: its runs exist only here, and their
+        streams end with ``done`` when the runs end.
+        """
 
     def start_gc(self, interval: float = 1.0) -> None:
         """Starts the daemon thread that calls gc() every `interval` seconds, once per process.
@@ -264,6 +299,8 @@ class RunRegistry(ABC):
         while not stop.wait(interval):
             try:
                 self.gc()
+            except RegistryUnavailable as exc:  # the backend is down: no traceback every second
+                log.warning("run registry gc skipped: %s", exc)
             except Exception:
                 # Keep collecting: one bad pass must not leave runs to pile up forever.
                 log.exception("run registry gc failed; retrying in %ss", interval)
@@ -274,7 +311,7 @@ class RunRegistry(ABC):
 
 @dataclass(eq=False)
 class _Run:
-    """Mutable per-run state; only touched while holding the registry lock."""
+    """Mutable per-run state; only changed while holding the registry lock."""
 
     run_id: str
     kind: str
@@ -282,7 +319,6 @@ class _Run:
     team_id: int
     owner: str
     created_at: float
-    changed: threading.Condition  # notified on every append and on finish
     status: str = "queued"
     started_at: float | None = None
     finished_at: float | None = None
@@ -293,6 +329,8 @@ class _Run:
     truncated: bool = False
     # Invariant: events[i].seq == i + 1, so "seq > after_seq" is events[after_seq:].
     events: list[Event] = field(default_factory=list)
+    # The same events as SSE bytes, encoded once, and the signal that wakes readers.
+    feed: RunFeed = field(default_factory=RunFeed)
 
     @property
     def finished(self) -> bool:
@@ -312,12 +350,11 @@ class _Run:
 class MemoryRunRegistry(RunRegistry):
     """Runs held in this process: one gunicorn worker, any number of threads or greenlets.
 
-    Locking: one lock guards all runs, and each run has its own Condition built
-    on that lock. The single lock keeps the invariants simple (no lock
-    ordering, gc sees a consistent picture) and every critical section is a
-    few dict/list operations, so contention is negligible. The per-run
-    Condition means an append wakes only the readers of *that* run, not every
-    SSE subscriber of every run.
+    Locking: one lock guards the state of all runs; every critical section is
+    a few dict/list operations, so contention is negligible, and the single
+    lock keeps the invariants simple (no lock ordering, gc sees a consistent
+    picture). Readers never wait on that lock: each run's ``RunFeed`` wakes
+    only the readers of that run, and they read its chunks without a lock.
     """
 
     def __init__(
@@ -327,6 +364,7 @@ class MemoryRunRegistry(RunRegistry):
         run_timeout_seconds: float = 600,
         max_events_per_run: int = 10_000,
         max_live_runs: int = 1_000,
+        max_active_per_owner: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
@@ -334,10 +372,12 @@ class MemoryRunRegistry(RunRegistry):
         self._run_timeout = run_timeout_seconds
         self._max_events = max_events_per_run
         self._max_live = max_live_runs
+        self._max_per_owner = max_active_per_owner
         self._clock = clock  # timestamps and TTLs; waits use time.monotonic
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}  # insertion order = creation order
         self._live: dict[str, _Run] = {}  # unfinished runs, checked for timeouts
+        self._live_by_owner: dict[str, int] = {}
         # Finished run ids in the order they finished, so gc only looks at the
         # oldest ones instead of scanning every run each pass.
         self._finished_order: deque[str] = deque()
@@ -346,11 +386,14 @@ class MemoryRunRegistry(RunRegistry):
         with self._lock:
             if len(self._live) >= self._max_live:
                 raise RegistryFull(f"too many live runs (limit {self._max_live})")
+            owned = self._live_by_owner.get(owner, 0)
+            if self._max_per_owner is not None and owned >= self._max_per_owner:
+                raise TooManyActiveRuns(f"too many active runs for this caller (limit {self._max_per_owner})")
             run = _Run(run_id=uuid.uuid4().hex, kind=kind, target_id=target_id,
-                       team_id=team_id, owner=owner, created_at=self._clock(),
-                       changed=threading.Condition(self._lock))
+                       team_id=team_id, owner=owner, created_at=self._clock())
             self._runs[run.run_id] = run
             self._live[run.run_id] = run
+            self._live_by_owner[owner] = owned + 1
             return run.snapshot()
 
     def get(self, run_id: str) -> RunInfo | None:
@@ -399,23 +442,36 @@ class MemoryRunRegistry(RunRegistry):
     def read(self, run_id: str, after_seq: int, timeout: float) -> ReadResult:
         after_seq = max(0, after_seq)
         deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            with self._lock:
+                run = self._runs.get(run_id)
+                if run is None:
+                    raise RunNotFound(run_id)
+                events = run.events[after_seq:]  # a copy: the caller can't touch our list
+                if events or run.finished:
+                    return ReadResult(events=events, done=run.snapshot() if run.finished else None)
+                # Taken under the lock, before any later append can swap it.
+                changed = run.feed.signal()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ReadResult(events=[], done=None)
+            # A waiting reader cannot be stranded by gc: gc only deletes finished
+            # runs, and finishing a run sets this signal.
+            changed.wait(remaining)
+
+    @contextmanager
+    def subscribe(self, run_id: str) -> Iterator[RunFeed]:
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
                 raise RunNotFound(run_id)
-            # A reader only ever waits on an unfinished run, and gc only deletes
-            # finished runs, whose finish already woke every reader; so a
-            # waiting reader cannot be stranded by gc. It keeps a reference to
-            # `run`, so it still gets its last events and `done` even if gc
-            # deleted the run in between.
-            while True:
-                events = run.events[after_seq:]  # a copy: the caller can't touch our list
-                if events or run.finished:
-                    return ReadResult(events=events, done=run.snapshot() if run.finished else None)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return ReadResult(events=[], done=None)
-                run.changed.wait(remaining)
+            feed = run.feed  # kept even if gc deletes the run meanwhile: it has `done`
+            feed.subscribers += 1
+        try:
+            yield feed
+        finally:
+            with self._lock:
+                feed.subscribers -= 1
 
     def request_cancel(self, run_id: str) -> bool:
         with self._lock:
@@ -426,9 +482,8 @@ class MemoryRunRegistry(RunRegistry):
             return True
 
     def is_cancel_requested(self, run_id: str) -> bool:
-        with self._lock:
-            run = self._runs.get(run_id)
-            return run is not None and run.cancel_requested
+        run = self._runs.get(run_id)  # one dict lookup and one attribute read: atomic enough
+        return run is not None and run.cancel_requested
 
     def gc(self, now: float | None = None) -> int:
         now = self._clock() if now is None else now
@@ -469,8 +524,11 @@ class MemoryRunRegistry(RunRegistry):
 
     def _store_locked(self, run: _Run, level: str, message: str, data: dict, ts: float) -> int:
         seq = len(run.events) + 1
-        run.events.append(Event(seq=seq, ts=ts, level=level, message=message, data=data))
-        run.changed.notify_all()
+        event = Event(seq=seq, ts=ts, level=level, message=message, data=data)
+        run.events.append(event)
+        # Encoded here, once for every subscriber of this process; under the lock
+        # because the feed must receive events in seq order.
+        run.feed.publish(seq, encode_log_event(event).encode())
         return seq
 
     def _finish_locked(self, run: _Run, status: str, result: Any, error: dict | None,
@@ -481,5 +539,10 @@ class MemoryRunRegistry(RunRegistry):
         run.error = error
         run.done_seq = len(run.events) + 1
         del self._live[run.run_id]
+        remaining = self._live_by_owner[run.owner] - 1
+        if remaining:
+            self._live_by_owner[run.owner] = remaining
+        else:
+            del self._live_by_owner[run.owner]
         self._finished_order.append(run.run_id)
-        run.changed.notify_all()
+        run.feed.close(encode_done(run.snapshot()).encode())

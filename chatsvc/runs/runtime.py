@@ -6,15 +6,17 @@ after gevent patched threading) and kept in ``app.extensions``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
 from chatsvc.config import Config
 from chatsvc.metrics import Metrics
-from chatsvc.runs.executor import RunExecutor
+from chatsvc.runs.backends import create_registry
+from chatsvc.runs.executor import RunExecutor, default_workers
 from chatsvc.runs.logger import RunLogger
-from chatsvc.runs.registry import MemoryRunRegistry, RunInfo, RunRegistry
+from chatsvc.runs.registry import RunInfo, RunRegistry
 from chatsvc.runs.tokens import StreamTokens
 from chatsvc.services.llm import LLMProvider, make_provider
 
@@ -30,23 +32,19 @@ class Runtime:
     provider: LLMProvider
     tokens: StreamTokens
     metrics: Metrics
+    _shutdown_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _shut_down: bool = False
 
     @classmethod
     def create(cls, config: Config) -> "Runtime":
-        registry = MemoryRunRegistry(
-            ttl_seconds=config.run_ttl_seconds,
-            run_timeout_seconds=config.run_timeout_seconds,
-            max_events_per_run=config.max_events_per_run,
-            max_live_runs=config.max_live_runs,
-        )
+        registry = create_registry(config)
         metrics = Metrics(registry)
         logger = RunLogger(registry, on_event=metrics.event_appended)
         executor = RunExecutor(
             registry,
             logger,
-            workers=config.executor_workers,
+            workers=config.executor_workers or default_workers(config.max_live_runs),
             max_queued=config.max_queued_runs,
-            max_active_per_caller=config.max_active_runs_per_caller,
             on_finished=metrics.run_finished,
         )
         metrics.watch_queue(lambda: executor.queue_depth)
@@ -59,10 +57,23 @@ class Runtime:
         tokens = StreamTokens(config.effective_jwt_secret, config.stream_token_max_age_seconds)
         return cls(config, registry, logger, executor, provider, tokens, metrics)
 
-    def shutdown(self) -> None:
-        self.executor.shutdown()
-        self.registry.close()
-        self.provider.close()
+    def shutdown(self, grace_seconds: float = 0.0) -> None:
+        """Stop this process's part in runs: no new ones, ``grace_seconds`` for the live ones.
+
+        Open streams of a shared registry close at once (``EventSource``
+        reconnects to another process and resumes); then runs that did not
+        finish in time end as failed ``ShuttingDown``, and the registry's
+        threads and connections close. Idempotent; gunicorn's hooks call it on
+        SIGTERM (see gunicorn_config.py) and tests at teardown.
+        """
+        with self._shutdown_guard:
+            if self._shut_down:
+                return
+            self._shut_down = True
+            self.registry.close_streams()
+            self.executor.shutdown(grace_seconds)
+            self.registry.close()
+            self.provider.close()
 
 
 def init_app(app: Flask, config: Config) -> Runtime:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chatsvc.runs.registry import Event, RunInfo
+if TYPE_CHECKING:  # the registry encodes with this module; only types flow back
+    from chatsvc.runs.registry import Event, RunInfo
 
 HEARTBEAT = ": ping\n\n"  # a comment line: keeps proxies from closing an idle stream
 RETRY_PREAMBLE = "retry: 3000\n\n"  # EventSource reconnects after 3 s
+HEARTBEAT_BYTES = HEARTBEAT.encode()
+RETRY_PREAMBLE_BYTES = RETRY_PREAMBLE.encode()
 
 # The only line terminators SSE knows; str.splitlines() would also split on
 # \x0b, \x1c, \u2028 ... which a browser keeps inside the line.
