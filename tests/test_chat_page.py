@@ -49,6 +49,19 @@ RECORD_LOG_LINES = """() => {
 }"""
 
 
+# Runs before the page's script: every EventSource records the id of each `log` event it
+# receives, as the browser saw them on the wire.
+RECORD_SSE_IDS = """
+window.__sseIds = [];
+window.EventSource = class extends window.EventSource {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("log", (e) => window.__sseIds.push(e.lastEventId));
+  }
+};
+"""
+
+
 @pytest.fixture(scope="module")
 def sync_playwright_api():
     need(os.path.exists(CHROMIUM), "Chromium not installed (apt-get install chromium)")
@@ -110,9 +123,9 @@ def long_workflow(server, demo, admin_headers) -> dict:
     return rv.json()
 
 
-def screenshot(page, name: str) -> None:
+def screenshot(page, name: str, *, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def sse_connections(server) -> float:
@@ -170,6 +183,27 @@ def test_wrong_password_shows_the_error(laptop_page, server, demo, expect):
     expect(page.locator("#error")).to_contain_text("Wrong email or password")
     expect(page.locator("#app-view")).to_be_hidden()
     screenshot(page, "chat-signin-error-1280")
+
+
+def test_api_docs_page_renders_from_local_assets(laptop_page, server, expect):
+    """Swagger UI at /api/v1/docs draws every chat operation; nothing is fetched from elsewhere."""
+    page = laptop_page
+    external: list[str] = []
+
+    def local_only(route, request) -> None:
+        if request.url.startswith(server.url + "/") or request.url.startswith("data:"):
+            route.continue_()
+        else:
+            external.append(request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
+    page.goto(server.url + "/api/v1/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("chatsvc")
+    for path in ("/api/v1/chat/experts:run", "/api/v1/chat/workflows:run", "/api/v1/chat/runs/{run_id}/events"):
+        expect(page.locator(f'.opblock-summary-path[data-path="{path}"]')).to_have_count(1)
+    assert not external, external
+    screenshot(page, "api-docs-1280", full_page=False)
 
 
 def test_workflow_run_streams_live_and_ends_done(laptop_page, server, demo, expect):
@@ -260,8 +294,46 @@ def test_expert_run_with_keyboard_and_json_validation(phone_page, server, demo, 
     screenshot(page, "chat-expert-done-390")
 
 
-def test_cancel_a_long_run_from_the_page(laptop_page, server, demo, long_workflow, expect):
+class CutFirstStream:
+    """Route handler: the page's first events request gets the real events up to the `nap`
+    node_start and then ends (as a dropped connection would); later requests reach the
+    server untouched, so EventSource's reconnect resumes with Last-Event-ID. (Playwright
+    does not show that header: Chromium adds it below the interception layer.)"""
+
+    RETRY_MS = 2500  # how long the page shows "reconnecting" before the browser retries
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.last_seq: int | None = None
+        self.later_requests = 0
+
+    def __call__(self, route, request) -> None:
+        if self.last_seq is not None:
+            self.later_requests += 1
+            route.continue_()
+            return
+        blocks, block = [], []
+        with httpx.stream("GET", request.url, timeout=10) as stream:  # the token is in the URL
+            for line in stream.iter_lines():
+                if line:
+                    block.append(line)
+                    continue
+                if block and block[0].startswith("id: "):
+                    blocks.append("\n".join(block) + "\n\n")
+                    if '"message":"node_start"' in block[-1] and '"node_key":"nap"' in block[-1]:
+                        self.last_seq = int(block[0].removeprefix("id: "))
+                        break
+                block = []
+        assert self.last_seq is not None, blocks
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+                      body=f"retry: {self.RETRY_MS}\n\n" + "".join(blocks))
+
+
+def test_cancel_a_long_run_from_the_page_after_a_reconnect(laptop_page, server, demo, long_workflow, expect):
     page = laptop_page
+    page.add_init_script(RECORD_SSE_IDS)
+    cut = CutFirstStream(server)
+    page.route("**/api/v1/chat/runs/*/events?*", cut)
     sign_in(page, server, demo, expect)
     choose(page, "workflow", long_workflow["id"], expect)
     page.locator("#inputs").fill('{"question": "how long?"}')
@@ -269,8 +341,11 @@ def test_cancel_a_long_run_from_the_page(laptop_page, server, demo, long_workflo
 
     nap_start = page.locator('#log .log-line[data-message="node_start"]', has_text='"node_key":"nap"')
     expect(nap_start).to_be_visible()
+    # The first stream ended without `done`: the page says so, then EventSource resumes.
+    expect(page.locator("#conn-state")).to_have_text("reconnecting", timeout=cut.RETRY_MS)
     expect(page.locator("#run-status")).to_have_text("running")
     expect(page.locator("#conn-state")).to_have_text("live")
+    assert cut.later_requests == 1
     expect(page.locator('#steps .step[data-key="nap"]')).to_have_attribute("data-status", "running")
     expect(page.locator("#run")).to_be_disabled()
     screenshot(page, "chat-workflow-running-1280")
@@ -288,6 +363,15 @@ def test_cancel_a_long_run_from_the_page(laptop_page, server, demo, long_workflo
     expect(page.locator("#cancel")).to_be_disabled()
     expect(page.locator("#run")).to_be_enabled()
     screenshot(page, "chat-workflow-cancelled-1280")
+
+    expect(page.locator("#error")).to_be_hidden()  # a cancel the user asked for is no error
+    # The server resumed after Last-Event-ID: the browser received every event exactly once,
+    # in order (a replay from the start would repeat 1..last_seq), and the page shows each once.
+    received = [int(i) for i in page.evaluate("window.__sseIds")]
+    assert received == list(range(1, len(received) + 1)) and len(received) > cut.last_seq, received
+    shown = page.locator("#log .log-line[data-seq]").evaluate_all("els => els.map(e => Number(e.dataset.seq))")
+    assert shown == received
+    assert cut.later_requests == 1  # no reconnect after `done`
 
     runs = httpx.get(server.url + "/api/v1/chat/runs", headers=page_token_headers(page)).json()
     assert runs[0]["target_id"] == long_workflow["id"] and runs[0]["status"] == "cancelled", runs[0]

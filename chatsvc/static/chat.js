@@ -624,7 +624,8 @@ function finishRun(run, done) {
   appendLogLine({ ts: Date.now() / 1000, level, message: "done", data: { status: done.status } });
   settleSteps(run, done);
   renderResult(done.result);
-  if (done.error) showError(`Run ${done.status}: ${errorText(done.error)}`);
+  // A cancel is what the user asked for: the status and the steps say it, no error banner.
+  if (done.error && done.status !== "cancelled") showError(`Run ${done.status}: ${errorText(done.error)}`);
   updateButtons();
 }
 

@@ -1,0 +1,235 @@
+"""Live delivery for the Redis registry: one reader per process feeds every local subscriber (SPEC §12).
+
+A ``RedisFollower`` keeps a ``RunFeed`` for each run that has subscribers in
+this process. The first subscriber of a run loads its backlog (one ``XRANGE``);
+after that a single connection follows *all* such runs with one
+``XREAD BLOCK`` over their streams and publishes what it reads into their
+feeds, each event encoded to SSE bytes once for the whole process. So 10,000
+subscribers on one worker cost this one connection plus the registry's small
+command pool, whatever the number of runs.
+
+When the set of followed runs changes, the blocked ``XREAD`` is interrupted
+at once: it also reads this process's own *wake* stream, and a new run adds an
+entry there. (Unlike ``CLIENT UNBLOCK``, an entry added just before the
+``XREAD`` is sent still ends it, so no change can be missed.) When Redis cannot be
+reached, every feed is aborted: open streams end without ``done`` and
+``EventSource`` reconnects (to a 503 until Redis is back, then it resumes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+import redis
+
+from chatsvc.runs.feed import RunFeed
+from chatsvc.runs.registry import RunNotFound
+from chatsvc.runs.sse import encode_event
+
+if TYPE_CHECKING:
+    from chatsvc.runs.redis_registry import RedisRunRegistry
+
+log = logging.getLogger("chatsvc.runs")
+
+BLOCK_MS = 5_000  # longest XREAD BLOCK; a change of the followed runs interrupts it
+WAKE_TTL_SECONDS = 3600  # the wake stream of a process that died goes away by itself
+RETRY_SECONDS = 1.0  # pause after a failed read before connecting again
+LOAD_WAIT_SECONDS = 10.0  # how long a subscriber waits for another's backlog load
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def log_wire(seq: int, event_json: str) -> bytes:
+    """The SSE bytes of a log event whose JSON is stored in Redis (the same as ``encode_log_event``)."""
+    return b"id: %d\nevent: log\ndata: %s\n\n" % (seq, event_json.encode())
+
+
+@dataclass(eq=False)
+class _Followed:
+    feed: RunFeed = field(default_factory=RunFeed)
+    loaded: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class RedisFollower:
+    """Follows the streams of the runs with local subscribers and publishes into their feeds."""
+
+    def __init__(self, registry: RedisRunRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Followed] = {}
+        self._changed = threading.Event()  # set when a run is added; wakes an idle reader
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._stop = threading.Event()
+        self._client: redis.Redis | None = None
+        self._wake_key = registry.follower_wake_key(uuid.uuid4().hex)
+        self._wake_seen = "0-0"  # last wake entry the reader saw
+        self._wake_pending = False  # a wake entry was added and the reader has not yet re-read the runs
+
+    @contextmanager
+    def subscribe(self, run_id: str) -> Iterator[RunFeed]:
+        """The run's feed for one local subscriber; raises RunNotFound / RegistryUnavailable."""
+        entry = self._acquire(run_id)
+        try:
+            yield entry.feed
+        finally:
+            with self._lock:
+                entry.feed.subscribers -= 1
+                if entry.feed.subscribers == 0 and self._runs.get(run_id) is entry:
+                    del self._runs[run_id]  # the reader drops it from its next XREAD
+
+    def close(self) -> None:
+        """Stops the reader (tests and app teardown); open feeds are aborted."""
+        self._stop.set()
+        self._interrupt()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._abort_all()
+
+    @property
+    def followed(self) -> int:
+        """Runs followed by this process (for tests and metrics)."""
+        return len(self._runs)
+
+    def _acquire(self, run_id: str) -> _Followed:
+        with self._lock:
+            entry = self._runs.get(run_id)
+            loader = entry is None
+            if loader:
+                entry = self._runs[run_id] = _Followed()
+            entry.feed.subscribers += 1
+        if not loader:
+            # Another subscriber is loading the backlog; its feed is ours once loaded.
+            entry.loaded.wait(LOAD_WAIT_SECONDS)
+            if entry.error is not None or not entry.loaded.is_set():
+                with self._lock:
+                    entry.feed.subscribers -= 1
+                raise entry.error or RunNotFound(run_id)
+            return entry
+        try:
+            events, done = self._registry.backlog(run_id)
+        except BaseException as exc:
+            entry.error = exc
+            with self._lock:
+                entry.feed.subscribers -= 1
+                if self._runs.get(run_id) is entry:
+                    del self._runs[run_id]
+            entry.loaded.set()
+            raise
+        for seq, event_json in events:
+            entry.feed.publish(seq, log_wire(seq, event_json))
+        if done is not None:
+            entry.feed.close(encode_event(done, event="done", id=entry.feed.last_seq + 1).encode())
+        entry.loaded.set()
+        if done is None:
+            self._ensure_reader()
+            self._changed.set()
+            self._interrupt()  # after `loaded` is set: see _interrupt
+        return entry
+
+    def _ensure_reader(self) -> None:
+        with self._lock:
+            pid = os.getpid()
+            if self._thread is not None and self._pid == pid and self._thread.is_alive():
+                return
+            # A forked worker inherits the attributes, not the thread or the connection.
+            self._client = None
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._read_loop, name="chatsvc-run-follower", daemon=True)
+            self._pid = pid
+            self._thread.start()
+
+    def _interrupt(self) -> None:
+        """Ends the reader's current XREAD BLOCK so it re-reads the set of followed runs.
+
+        Coalesced: the reader clears ``_wake_pending`` *before* it collects the
+        runs, and a subscriber sets ``loaded`` *before* it looks at the flag, so a
+        skipped wake-up always belongs to a collection that will include the run.
+        """
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            self._registry.wake_follower(self._wake_key, WAKE_TTL_SECONDS)
+        except _UNAVAILABLE:
+            pass  # the reader meets the same outage and aborts the feeds
+
+    def _streams(self) -> dict[str, str]:
+        """``XREAD`` arguments: each loaded, unfinished run's stream after its last seq."""
+        with self._lock:
+            return {
+                self._registry.stream_key(run_id): f"0-{entry.feed.last_seq}"
+                for run_id, entry in self._runs.items()
+                if entry.loaded.is_set() and entry.error is None and not entry.feed.finished
+            }
+
+    def _read_loop(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            self._changed.clear()
+            self._wake_pending = False
+            streams = self._streams()
+            if not streams:
+                self._changed.wait(1.0)
+                continue
+            streams[self._wake_key] = self._wake_seen
+            try:
+                reply = self._read(streams)
+            except _UNAVAILABLE as exc:
+                log.warning("run follower: Redis unavailable (%s); closing this process's streams", exc)
+                self._drop_connection()
+                self._abort_all()
+                stop.wait(RETRY_SECONDS)
+                continue
+            except Exception:
+                log.exception("run follower: read failed; closing this process's streams")
+                self._drop_connection()
+                self._abort_all()
+                stop.wait(RETRY_SECONDS)
+                continue
+            for stream, entries in reply or ():
+                if stream == self._wake_key:
+                    self._wake_seen = entries[-1][0]
+                else:
+                    self._publish(stream, entries)
+
+    def _read(self, streams: dict[str, str]) -> list:
+        if self._client is None:
+            self._client = self._registry.dedicated_client(read_timeout=BLOCK_MS / 1000 + 5)
+        return self._client.xread(streams, block=BLOCK_MS)
+
+    def _publish(self, stream: str, entries: list) -> None:
+        run_id = self._registry.run_id_of_stream(stream)
+        entry = self._runs.get(run_id)
+        if entry is None:
+            return  # its last subscriber left meanwhile
+        feed = entry.feed
+        for entry_id, fields in entries:
+            seq = int(entry_id.partition("-")[2])
+            if seq <= feed.last_seq or feed.finished:
+                continue  # already published (the backlog and the read overlap)
+            if "e" in fields:
+                feed.publish(seq, log_wire(seq, fields["e"]))
+            elif "d" in fields:
+                feed.close(encode_event(fields["d"], event="done", id=seq).encode())
+
+    def _drop_connection(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # already broken
+                pass
+
+    def _abort_all(self) -> None:
+        with self._lock:
+            entries, self._runs = list(self._runs.values()), {}
+        for entry in entries:
+            entry.feed.abort()
