@@ -9,7 +9,6 @@ from typing import Any, Iterator
 import pytest
 
 from chatsvc.errors import ServiceUnavailable, TooManyRequests
-from chatsvc.runs import executor as executor_module
 from chatsvc.runs.executor import RunContext, RunExecutor, RunOutcome
 from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.registry import MemoryRunRegistry, RunInfo
@@ -178,7 +177,7 @@ def test_job_returning_a_failed_outcome(make_executor, registry):
 def test_cancel_while_running_wakes_a_sleeping_job_at_once(make_executor, registry, monkeypatch):
     # If cancel() did not wake ctx.sleep directly, the job would only notice at
     # its next registry poll: make that poll far longer than the wait below.
-    monkeypatch.setattr(executor_module, "CANCEL_POLL_SECONDS", 60)
+    monkeypatch.setattr(registry, "cancel_poll_seconds", 60)
     ex = make_executor()
     started = threading.Event()
 

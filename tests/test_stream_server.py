@@ -371,6 +371,7 @@ def test_a_slow_subscriber_does_not_delay_the_others(live):
 def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path):
     """Runs waiting in a sleep node cost a greenlet each: one worker runs 1,000 at once."""
     runs = 1000
+    nap_seconds = 90
     # Only the per-caller fairness limit is raised (all runs here have one caller);
     # the executor, queue and live-run limits are the defaults.
     with LiveServer(tmp_path, env={"CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER": "100000"}) as server:
@@ -380,8 +381,9 @@ def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path
         rv = httpx.post(server.url + "/api/v1/workflows", headers=admin, json={
             "team_id": seed["team_id"], "name": "Long nap",
             "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
-                      # Long enough for every run to start before the first one ends.
-                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 45}}],
+                      # Long enough for every run to start before the first one ends,
+                      # with room for a slow machine (1,000 starts take 25-50 s here).
+                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": nap_seconds}}],
             "edges": [{"source": "start", "target": "nap"}]})
         workflow_id = rv.json()["id"]
 
@@ -394,7 +396,7 @@ def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:
             run_ids = list(pool.map(start, range(runs)))
-        assert time.monotonic() - started < 45, "starting the runs took longer than they sleep"
+        assert time.monotonic() - started < nap_seconds, "starting the runs took longer than they sleep"
 
         def final(run_id: str) -> dict:
             return poll(lambda: httpx.get(f"{server.url}{CHAT}/runs/{run_id}", headers=admin, timeout=TIMEOUT).json(),

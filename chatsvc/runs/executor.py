@@ -30,8 +30,6 @@ from chatsvc.runs.registry import RegistryFull, RunInfo, RunRegistry, TooManyAct
 
 log = logging.getLogger("chatsvc.runs")
 
-CANCEL_POLL_SECONDS = 0.5  # how often a sleeping run re-checks the registry's cancel flag
-
 
 class RunCancelled(Exception):
     """Raised inside a run when cancellation was requested; ends it as ``cancelled``."""
@@ -90,7 +88,8 @@ class RunContext:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            self._cancel_event.wait(min(remaining, CANCEL_POLL_SECONDS))
+            poll = self._registry.cancel_poll_seconds
+            self._cancel_event.wait(remaining if poll is None else min(remaining, poll))
 
 
 Job = Callable[[RunContext], "RunOutcome | Any"]
@@ -116,6 +115,7 @@ class RunExecutor:
         self._contexts: dict[str, RunContext] = {}
         self._done: dict[str, threading.Event] = {}
         self._accepting = True
+        registry.on_stop_requested = self._wake
 
     @property
     def queue_depth(self) -> int:
@@ -159,9 +159,7 @@ class RunExecutor:
         """Request cooperative cancellation; False if the run is unknown or finished."""
         if not self.registry.request_cancel(run_id):
             return False
-        ctx = self._contexts.get(run_id)
-        if ctx is not None:
-            ctx.wake_for_cancel()
+        self._wake(run_id)
         # Under the lock that _execute holds to start a run: either the run is
         # still queued and ends here, or it has started and its job sees the
         # flag. Never both, so `run_finished` is logged once.
@@ -205,6 +203,12 @@ class RunExecutor:
             with self._lock:
                 self._queued -= 1
             self._release(run_id)
+
+    def _wake(self, run_id: str) -> None:
+        """A stop was requested in this process: a job of ours wakes from its sleep at once."""
+        ctx = self._contexts.get(run_id)
+        if ctx is not None:
+            ctx.wake_for_cancel()
 
     def _execute(self, info: RunInfo, job: Job, ctx: RunContext) -> None:
         run_id = info.run_id

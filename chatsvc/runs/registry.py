@@ -189,6 +189,10 @@ def _freeze(value: Any) -> Any:
 class RunRegistry(ABC):
     """Where runs live while they execute and for a TTL after they finish."""
 
+    #: How often a sleeping job re-reads `is_cancel_requested`. None: a cancel can
+    #: only come from this process, whose executor wakes the job directly.
+    cancel_poll_seconds: float | None = None
+
     def __init__(self) -> None:
         # Created here, not at import time, so that under gunicorn's gevent
         # worker these are gevent's (monkey-patched) primitives.
@@ -196,6 +200,9 @@ class RunRegistry(ABC):
         self._gc_thread: threading.Thread | None = None
         self._gc_stop: threading.Event | None = None
         self._gc_pid: int | None = None
+        #: Set by the executor: called with a run's id when the registry itself
+        #: stops the run (run timeout), so that a sleeping job wakes at once.
+        self.on_stop_requested: Callable[[str], None] | None = None
 
     @abstractmethod
     def create(self, *, kind: str, target_id: int, team_id: int, owner: str) -> RunInfo:
@@ -487,9 +494,11 @@ class MemoryRunRegistry(RunRegistry):
 
     def gc(self, now: float | None = None) -> int:
         now = self._clock() if now is None else now
+        timed_out = []
         with self._lock:
             for run in list(self._live.values()):
                 if now - run.created_at > self._run_timeout:
+                    timed_out.append(run.run_id)
                     self._append_locked(run, "error", "run_timeout",
                                         _freeze({"timeout_seconds": self._run_timeout}), now)
                     error = {"type": "RunTimeout",
@@ -508,7 +517,10 @@ class MemoryRunRegistry(RunRegistry):
                 self._finished_order.popleft()
                 del self._runs[run.run_id]
                 deleted += 1
-            return deleted
+        if self.on_stop_requested is not None:
+            for run_id in timed_out:
+                self.on_stop_requested(run_id)
+        return deleted
 
     def _append_locked(self, run: _Run, level: str, message: str, data: dict,
                        ts: float) -> int | None:

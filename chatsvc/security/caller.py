@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_jwt_extended import create_access_token, decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from chatsvc.errors import BadRequest, Unauthorized, error_response
 from chatsvc.extensions import db, jwt
-from chatsvc.models import Service, User, hash_api_key, is_possible_id
+from chatsvc.models import Membership, Service, User, hash_api_key, is_possible_id
 
 API_KEY_HEADER = "X-API-Key"
 _CALLER_KEY = "chatsvc.caller"
+_TOKENS_KEY = "chatsvc.verified_tokens"
 
 
 @dataclass(frozen=True)
@@ -52,21 +54,60 @@ def issue_token(user: User) -> str:
     return create_access_token(identity=str(user.id))
 
 
-def user_caller(user: User) -> Caller:
+_USER_ROLES = (
+    select(User.__table__.c.is_admin, Membership.__table__.c.team_id, Membership.__table__.c.role)
+    .select_from(User.__table__.outerjoin(Membership.__table__))
+    .where(User.__table__.c.id == bindparam("user_id"))
+)
+
+
+def load_user_caller(user_id: int) -> Caller | None:
+    """The caller for a user id, or None if there is no such user.
+
+    One query for the user's flag and all its team roles: this runs on every
+    request a person makes, so it reads plain rows rather than ORM objects.
+    """
+    if not is_possible_id(user_id):
+        return None
+    rows = db.session.connection().execute(_USER_ROLES, {"user_id": user_id}).all()
+    if not rows:
+        return None
     return Caller(
         kind="user",
-        id=user.id,
-        is_platform_admin=user.is_admin,
-        team_roles={m.team_id: m.role for m in user.memberships},
+        id=user_id,
+        is_platform_admin=rows[0].is_admin,
+        team_roles={row.team_id: row.role for row in rows if row.team_id is not None},
     )
 
 
-def _caller_from_jwt(header: str) -> Caller:
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+class VerifiedTokens:
+    """Access tokens this process has already verified: token -> (user id, expiry).
+
+    A token is signed and immutable, so verifying it again gives the same answer
+    until it expires; a request with a known token skips the signature check.
+    Bounded by clearing when full (no lock needed: single dict operations).
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._items: dict[str, tuple[int, float]] = {}
+
+    def user_id(self, token: str) -> int:
+        """The token's user id; raises Unauthorized if it is invalid or expired."""
+        entry = self._items.get(token)
+        if entry is None:
+            entry = self._items[token] = _verify(token)
+            if len(self._items) > self._size:
+                self._items = {token: entry}
+        user_id, expires_at = entry
+        if time.time() >= expires_at:
+            raise Unauthorized("Token has expired")
+        return user_id
+
+
+def _verify(token: str) -> tuple[int, float]:
     try:
-        claims = decode_token(token.strip())
+        claims = decode_token(token)
     except ExpiredSignatureError:
         raise Unauthorized("Token has expired") from None
     except (PyJWTError, JWTExtendedException):
@@ -74,13 +115,20 @@ def _caller_from_jwt(header: str) -> Caller:
     if claims.get("type") != "access":
         raise Unauthorized("Invalid token")
     try:
-        user_id = int(claims["sub"])
+        return int(claims["sub"]), float(claims["exp"])
     except (KeyError, TypeError, ValueError):
         raise Unauthorized("Invalid token") from None
-    user = db.session.get(User, user_id) if is_possible_id(user_id) else None
-    if user is None:
+
+
+def _caller_from_jwt(header: str) -> Caller:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+    user_id = current_app.extensions[_TOKENS_KEY].user_id(token.strip())
+    caller = load_user_caller(user_id)
+    if caller is None:
         raise Unauthorized("Unknown user")
-    return user_caller(user)
+    return caller
 
 
 def _caller_from_api_key(key: str) -> Caller:
@@ -120,7 +168,8 @@ def has_credentials() -> bool:
 
 
 def init_app(app: Flask) -> None:
-    """Route every flask-jwt-extended error callback into the common envelope."""
+    """Keep the verified-token cache; route flask-jwt-extended errors into the common envelope."""
+    app.extensions[_TOKENS_KEY] = VerifiedTokens()
 
     def unauthorized(message: str):
         return error_response(401, message)

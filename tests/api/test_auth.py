@@ -111,6 +111,15 @@ def test_expired_token_says_so(client, world):
     assert "expired" in body["message"].lower()
 
 
+def test_a_token_used_before_still_expires(client, world):
+    """A token verified once is remembered by the process, but never past its expiry."""
+    token = create_access_token(identity=str(world.users["member"].id), expires_delta=timedelta(seconds=1))
+    assert client.get(f"{API}/experts", headers=bearer(token)).status_code == 200
+    time.sleep(1.1)
+    body = assert_error(client.get(f"{API}/experts", headers=bearer(token)), 401)
+    assert "expired" in body["message"].lower()
+
+
 def test_token_of_a_deleted_user_is_401(client, world):
     member = world.users["member"]
     headers = world.headers["member"]
