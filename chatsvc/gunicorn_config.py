@@ -12,6 +12,8 @@ import os
 import signal
 import time
 
+from gunicorn.glogging import Logger
+
 log = logging.getLogger("gunicorn.error")
 
 
@@ -38,8 +40,34 @@ if not control_socket_disable:
     control_socket = os.environ["CHATSVC_GUNICORN_CONTROL_SOCKET"]
 accesslog = "-"
 errorlog = "-"
-# %(U)s is the path without the query string: stream tokens (?token=) stay out of logs.
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger, with a cheaper access line of a fixed format.
+
+    ``remote "METHOD /path HTTP/1.1" status bytes Nms``: the path without the
+    query string, so stream tokens (?token=) stay out of the logs. gunicorn's own
+    access() builds a dict of every header and environ entry per request; when
+    10,000 streams end together that delayed the last `done` by about a second.
+    """
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        self.access_log.info(
+            '%s "%s %s %s" %s %s %dms',
+            environ.get("REMOTE_ADDR", "-"),
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            environ.get("SERVER_PROTOCOL"),
+            status,
+            "-" if getattr(resp, "sent", None) is None else resp.sent,
+            request_time.total_seconds() * 1000,
+        )
+
+
+logger_class = AccessLogger
 
 MEMORY_REGISTRY_WORKERS_NOTE = (
     "CHATSVC_REGISTRY_URL is memory://: runs live in one process, so gunicorn runs "
@@ -73,6 +101,9 @@ SHUTDOWN_MARGIN_SECONDS = 2
 
 def post_worker_init(worker) -> None:
     """Start the app's shutdown as soon as the worker receives SIGTERM."""
+    # A log record would otherwise look up the current thread, which under gevent
+    # builds a dummy Thread object for every greenlet that logs (no format uses it).
+    logging.logThreads = False
     gunicorn_handler = worker.handle_exit
 
     def handle_exit(sig, frame) -> None:

@@ -8,6 +8,7 @@ because the stream must also work without gevent.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -179,6 +180,14 @@ def test_reconnect_after_done_is_204(live, demo_run):
     done_id = full[-1].sse.id
     rv = httpx.get(live.url + body["events_url"], headers={"Last-Event-ID": done_id})
     assert rv.status_code == 204 and rv.content == b""
+
+
+def test_access_log_shows_each_stream_without_its_token(live, demo_run):
+    body, _ = demo_run
+    path = body["events_url"].split("?", 1)[0]
+    log = live.server.log_path.read_text()
+    assert re.search(rf'^127\.0\.0\.1 "GET {re.escape(path)} HTTP/1\.1" 200 \d+ \d+ms$', log, re.MULTILINE), log
+    assert "token=" not in log
 
 
 def test_stream_token_of_one_run_is_refused_for_another(live, demo_run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 from flask import Response, request
@@ -43,6 +44,11 @@ def stream_events(
             chunk = RETRY_PREAMBLE_BYTES + found.data  # one write for both
             while True:
                 yield chunk
+                # Let the run's other subscribers take their turn before this one
+                # writes again or ends its response (under gevent they all run on
+                # one thread): a wave reaches every subscriber first, and what
+                # arrives meanwhile is batched into each one's next write.
+                time.sleep(0)
                 if found.finished:
                     return
                 after_seq = found.last_seq
@@ -102,4 +108,6 @@ class RunEvents(MethodView):
             on_open=metrics.sse_connections.inc,
             on_close=metrics.sse_connections.dec,
         )
-        return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
+        # direct_passthrough: the server iterates our generator itself, without
+        # werkzeug's two wrapping iterators (a cost on every write of every stream).
+        return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
