@@ -1,0 +1,84 @@
+"""Cost of opening a log stream, and memory per idle stream, on one gunicorn + gevent worker.
+
+Run: python benchmarks/bench_stream_open.py [--streams 10000]
+
+Starts a real chatsvc server (tests/live_server.py), starts one run that sleeps for a
+minute, then opens N streams on it with raw sockets (a cheap client, so the server's
+cost shows) and waits for each one's first bytes. Prints the worker's CPU per open and
+its resident memory per open stream (RSS after the opens settle, minus before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.live_server import LiveServer  # noqa: E402
+
+
+def worker_pid(master_pid: int) -> int:
+    return int(Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()[0])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, default=10_000)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.streams + 1000), hard))
+    env = {"CHATSVC_WORKER_CONNECTIONS": str(args.streams + 1000)}
+    with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
+        seed = server.seed()
+        token = httpx.post(server.url + "/api/v1/auth/login", json={
+            "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        workflow = httpx.post(server.url + "/api/v1/workflows", headers=headers, json={
+            "team_id": seed["team_id"], "name": "nap",
+            "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
+                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 60}}],
+            "edges": [{"source": "start", "target": "nap"}]}).json()
+        events_url = httpx.post(server.url + "/api/v1/chat/workflows:run", headers=headers, json={
+            "workflow_id": workflow["id"], "mode": "async"}).json()["events_url"]
+        worker = worker_pid(server.process.pid)
+        request = f"GET {events_url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
+        time.sleep(1)
+        rss_before, cpu_before, started = rss_kb(worker), cpu_seconds(worker), time.monotonic()
+        sockets = []
+        for _ in range(args.streams):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(request)
+            sockets.append(sock)
+        for sock in sockets:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        elapsed, cpu = time.monotonic() - started, cpu_seconds(worker) - cpu_before
+        time.sleep(2)
+        rss_after = rss_kb(worker)
+        print(f"{args.streams} streams opened in {elapsed:.2f} s; server CPU {cpu / args.streams * 1e6:.0f} µs per open;"
+              f" worker RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB,"
+              f" {(rss_after - rss_before) / args.streams:.1f} KB per idle stream")
+        for sock in sockets:
+            sock.close()
+
+
+if __name__ == "__main__":
+    main()
