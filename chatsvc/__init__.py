@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.routing import BaseConverter
 
 from chatsvc import errors
+from chatsvc.api import request_limits
 from chatsvc.api.schemas import ErrorSchema
 from chatsvc.config import Config, current_config  # noqa: F401  (re-exported)
 from chatsvc.extensions import db, jwt
@@ -75,6 +76,7 @@ def create_app(config: Config | None = None) -> Flask:
     db.init_app(app)
     jwt.init_app(app)
     app.url_map.converters["run_id"] = RunIdConverter
+    request_limits.init_app(app, max_json_depth=config.max_json_depth, max_body_bytes=config.max_body_bytes)
     runtime.init_app(app, config)
     _register_blueprints(app, ChatsvcApi(app))
     from chatsvc.security import caller

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from chatsvc.errors import Conflict, NotFound, Unprocessable
 from chatsvc.extensions import db
@@ -29,6 +29,15 @@ def create_user(email: str, password: str, *, is_admin: bool = False) -> User:
     db.session.add(user)
     db.session.commit()
     return user
+
+
+def keep_a_platform_admin(user: User) -> None:
+    """Refuse (409) to demote or delete the last platform admin: no one could manage users."""
+    if not user.is_admin:
+        return
+    admins = db.session.scalar(select(func.count()).select_from(User).where(User.is_admin.is_(True)))
+    if admins <= 1:
+        raise Conflict("This is the last platform admin; make another user a platform admin first")
 
 
 def create_team(name: str, *, admin_email: str | None = None, admin_user_id: int | None = None) -> Team:

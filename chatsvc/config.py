@@ -45,6 +45,7 @@ class Config:
     database_url: str | None = None  # None: SQLite file in the instance folder
     instance_path: str | None = None
     max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 100
     registry_url: str = "memory://"
     redis_prefix: str = "chatsvc:"
     run_lease_seconds: float = 15.0
@@ -82,6 +83,7 @@ class Config:
             database_url=env.get("CHATSVC_DATABASE_URL") or None,
             instance_path=env.get("CHATSVC_INSTANCE_PATH") or None,
             max_body_bytes=_int(env, "CHATSVC_MAX_BODY_BYTES", 1024 * 1024),
+            max_json_depth=_int(env, "CHATSVC_MAX_JSON_DEPTH", 100),
             registry_url=env.get("CHATSVC_REGISTRY_URL", "memory://"),
             redis_prefix=env.get("CHATSVC_REDIS_PREFIX", "chatsvc:"),
             run_lease_seconds=_float(env, "CHATSVC_RUN_LEASE_SECONDS", 15.0),

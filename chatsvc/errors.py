@@ -4,8 +4,9 @@ Every error leaves the app as
 ``{"code": 403, "status": "Forbidden", "message": "...", "errors": {...}}``
 (``errors`` only for validation): our own exceptions, werkzeug's HTTP errors
 (404, 405, 413, malformed JSON...), marshmallow validation through
-flask-smorest, flask-jwt-extended's callbacks, integrity errors (409) and any
-unexpected exception (500, logged, no details leaked).
+flask-smorest, flask-jwt-extended's callbacks, integrity errors (409), an
+unreachable database (503 + Retry-After) and any unexpected exception (500,
+logged, no details leaked).
 
 The exception classes carry no Flask dependency, so services and the run
 engine raise them too.
@@ -17,7 +18,8 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -127,6 +129,22 @@ def _handle_integrity_error(error: IntegrityError) -> Response:
     return error_response(409, "Conflicts with an existing resource (a unique value is taken)")
 
 
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def _handle_database_unavailable(error: Exception) -> Response:
+    """The database cannot be reached (or is not ready): 503, and the next request tries again."""
+    from chatsvc.extensions import db
+
+    try:
+        db.session.remove()  # drop the broken transaction; the pool re-checks connections (pre-ping)
+    except Exception:  # noqa: BLE001 - the session may be as broken as the connection
+        pass
+    log.warning("database unavailable: %s", type(getattr(error, "orig", None) or error).__name__)
+    return error_response(503, "The database is unavailable; try again shortly",
+                          headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
+
+
 def _handle_unexpected(error: Exception) -> Response:
     log.exception("unhandled error", exc_info=error)
     return error_response(500, "Internal server error")
@@ -137,4 +155,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(ApiError, _handle_api_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(IntegrityError, _handle_integrity_error)
+    for database_down in (OperationalError, InterfaceError, PoolTimeout):
+        app.register_error_handler(database_down, _handle_database_unavailable)
     app.register_error_handler(Exception, _handle_unexpected)

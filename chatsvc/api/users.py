@@ -12,7 +12,7 @@ from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import get_or_404, require_platform_admin
 
 from .pagination import paginate
-from .schemas import PaginationArgs, UserSchema, UserUpdateSchema
+from .schemas import ErrorSchema, PaginationArgs, UserSchema, UserUpdateSchema
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Users")
 blp.before_request(authenticate)
@@ -47,6 +47,7 @@ class UserItem(MethodView):
 
     @blp.arguments(UserUpdateSchema)
     @blp.response(200, UserSchema)
+    @blp.alt_response(409, schema=ErrorSchema, description="Would demote the last platform admin")
     def patch(self, body, user_id):
         """Change a user's password or platform-admin flag."""
         user = get_or_404(User, user_id)  # 404 before 403
@@ -54,14 +55,18 @@ class UserItem(MethodView):
         if "password" in body:
             user.set_password(body["password"])
         if "is_admin" in body:
+            if not body["is_admin"]:
+                accounts.keep_a_platform_admin(user)
             user.is_admin = body["is_admin"]
         db.session.commit()
         return user
 
     @blp.response(204)
+    @blp.alt_response(409, schema=ErrorSchema, description="Would delete the last platform admin")
     def delete(self, user_id):
         """Delete a user."""
         user = get_or_404(User, user_id)  # 404 before 403
         require_platform_admin(get_caller())
+        accounts.keep_a_platform_admin(user)
         db.session.delete(user)
         db.session.commit()

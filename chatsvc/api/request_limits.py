@@ -1,0 +1,94 @@
+"""Limits on what a request may carry, checked once for every route (SPEC §10, §11).
+
+- Path ids: the ``int`` converter accepts only ids a row could have, so
+  ``/teams/1/members/9223372036854775808`` is a 404 from routing, on every route.
+- JSON nesting: a body nested deeper than ``CHATSVC_MAX_JSON_DEPTH`` is a 422
+  before any view or schema sees it (Python's parser would recurse until
+  RecursionError otherwise).
+- Chunked bodies: without a Content-Length the body is read here up to
+  ``CHATSVC_MAX_BODY_BYTES``; one byte more is a 413, never a body cut short.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Callable, Iterable
+
+from flask import Flask, request
+from werkzeug.routing import IntegerConverter
+
+from chatsvc.errors import Unprocessable, error_response
+from chatsvc.models import MAX_ID
+
+
+class IdConverter(IntegerConverter):
+    """``<int:…>`` for database ids: 1 … MAX_ID, anything else does not match (404)."""
+
+    def __init__(self, map, *args: Any, **kwargs: Any) -> None:  # noqa: A002 (werkzeug's name)
+        kwargs.setdefault("min", 1)
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(map, *args, **kwargs)
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True if containers nest deeper than ``limit`` (iterative: no recursion of our own)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _check_json_depth(limit: int) -> Callable[[], None]:
+    def check() -> None:
+        if not request.is_json:
+            return
+        try:
+            body = request.get_json(silent=True)  # cached: the view's parser reads the same body
+        except RecursionError:
+            body = None
+            too_deep = True
+        else:
+            too_deep = body is not None and json_depth_exceeds(body, limit)
+        if too_deep:
+            raise Unprocessable(f"JSON body nested deeper than {limit} levels")
+
+    return check
+
+
+class ChunkedBodyLimit:
+    """WSGI middleware: read a chunked request body up to the limit, 413 beyond it."""
+
+    def __init__(self, app: Callable, app_for_errors: Flask, max_bytes: int) -> None:
+        self.app = app
+        self.flask_app = app_for_errors
+        self.max_bytes = max_bytes
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("CONTENT_LENGTH") or "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return self.app(environ, start_response)
+        body = environ["wsgi.input"].read(self.max_bytes + 1)
+        if len(body) > self.max_bytes:
+            with self.flask_app.app_context():
+                return error_response(413, "Request body too large")(environ, start_response)
+        # From here on the app sees an ordinary body of known length.
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ.pop("wsgi.input_terminated", None)
+        return self.app(environ, start_response)
+
+
+def init_app(app: Flask, *, max_json_depth: int, max_body_bytes: int) -> None:
+    """Install the id converter (before any blueprint), the depth check and the body limit."""
+    app.url_map.converters["int"] = IdConverter
+    app.before_request(_check_json_depth(max_json_depth))
+    app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, app, max_body_bytes)  # type: ignore[method-assign]

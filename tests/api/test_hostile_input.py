@@ -1,0 +1,167 @@
+"""Inputs an attacker inside a team would try: never a 500, always the envelope (issue: hostile input)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+import httpx
+import pytest
+
+from chatsvc.models import MAX_ID
+from tests.api.api_support import API, assert_error
+from tests.live_server import LiveServer
+from tests.support import PASSWORD
+
+DEEP = 10_000
+
+
+def deep_json(levels: int, kind: str) -> str:
+    return ('{"a":' * levels + "1" + "}" * levels) if kind == "object" else ("[" * levels + "]" * levels)
+
+
+def routes(app, methods: set[str]):
+    """(rule, method) for every API route taking one of `methods`, with its path placeholders."""
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(API):
+            continue
+        for method in sorted((rule.methods or set()) & methods):
+            yield rule, method
+
+
+def concrete(rule, value: str) -> str:
+    """The rule's path with every placeholder filled: ids with `value`, run ids with a fake one."""
+    path = re.sub(r"<int:[^>]+>", value, rule.rule)
+    return re.sub(r"<run_id:[^>]+>", "no-such-run", path)
+
+
+@pytest.mark.parametrize("kind", ["object", "array"])
+def test_deeply_nested_json_is_422_on_every_json_endpoint(app, client, world, kind, subtests):
+    body = deep_json(DEEP, kind)
+    admin = world.headers["platform_admin"]
+    for rule, method in routes(app, {"POST", "PATCH", "PUT"}):
+        path = concrete(rule, str(world.team.id))
+        with subtests.test(route=f"{method} {rule.rule}"):
+            rv = client.open(path, method=method, data=body, content_type="application/json", headers=admin)
+            assert_error(rv, 422, contains="nested deeper")
+    with subtests.test(route="login, without auth"):
+        rv = client.post(f"{API}/auth/login", data=body, content_type="application/json")
+        assert_error(rv, 422, contains="nested deeper")
+
+
+@pytest.mark.parametrize("config_overrides", [{"max_json_depth": 5}])
+def test_the_depth_limit_is_a_setting_and_bodies_within_it_pass(client, world, config_overrides):
+    admin = world.headers["platform_admin"]
+    ok = {"team_id": world.team.id, "name": "Within", "prompt_template": "x", "model_name": "stub",
+          "base": {"a": {"b": {"c": 1}}}}  # depth 4
+    assert client.post(f"{API}/experts", json=ok, headers=admin).status_code == 201
+    too_deep = {**ok, "name": "Beyond", "base": {"a": {"b": {"c": {"d": {"e": 1}}}}}}  # depth 6
+    assert_error(client.post(f"{API}/experts", json=too_deep, headers=admin), 422, contains="5 levels")
+
+
+@pytest.mark.parametrize("value", [str(MAX_ID + 1), str(2**63), str(2**64 + 7), "0"])
+def test_ids_out_of_range_are_404_on_every_route(app, client, world, value, subtests):
+    admin = world.headers["platform_admin"]
+    methods = {"GET", "POST", "PATCH", "PUT", "DELETE"}
+    for rule, method in routes(app, methods):
+        if "<int:" not in rule.rule:
+            continue
+        with subtests.test(route=f"{method} {rule.rule}"):
+            rv = client.open(concrete(rule, value), method=method, json={}, headers=admin)
+            assert_error(rv, 404)
+
+
+def test_the_last_platform_admin_cannot_be_demoted_or_deleted(client, world):
+    admin = world.users["platform_admin"]
+    headers = world.headers["platform_admin"]
+    for rv in (client.patch(f"{API}/users/{admin.id}", json={"is_admin": False}, headers=headers),
+               client.delete(f"{API}/users/{admin.id}", headers=headers)):
+        assert_error(rv, 409, contains="last platform admin")
+    assert client.get(f"{API}/users/{admin.id}", headers=headers).get_json()["is_admin"] is True
+    # With a second platform admin, the first may step down.
+    rv = client.post(f"{API}/users", json={"email": "second@example.com", "password": PASSWORD, "is_admin": True},
+                     headers=headers)
+    assert rv.status_code == 201
+    rv = client.patch(f"{API}/users/{admin.id}", json={"is_admin": False}, headers=headers)
+    assert rv.status_code == 200 and rv.get_json()["is_admin"] is False
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.fixture
+def sqlite_dir(tmp_path):
+    folder = tmp_path / "db"
+    folder.mkdir()
+    return folder
+
+
+def test_database_unreachable_is_503_with_retry_after_and_recovers(make_config, sqlite_dir, subtests):
+    from chatsvc import create_app
+    from chatsvc.extensions import db
+    from tests.support import auth_headers
+
+    app = create_app(make_config(database_url=f"sqlite:///{sqlite_dir / 'chatsvc.db'}"))
+    with app.app_context():
+        db.create_all()
+        from chatsvc import accounts
+
+        user = accounts.create_user("admin@example.com", PASSWORD, is_admin=True)
+        headers = auth_headers(user)
+    client = app.test_client()
+    assert client.get(f"{API}/experts", headers=headers).status_code == 200
+
+    moved = sqlite_dir.with_name("away")
+    os.rename(sqlite_dir, moved)  # the database file is gone: every connection fails
+    try:
+        with app.app_context():
+            db.engine.dispose()  # pooled connections would still reach the moved file
+        for method, path, body in [("POST", f"{API}/auth/login", {"email": "admin@example.com", "password": PASSWORD}),
+                                   ("GET", f"{API}/experts", None), ("GET", f"{API}/teams", None),
+                                   ("POST", f"{API}/chat/experts:run", {"expert_id": 1}),
+                                   ("POST", f"{API}/chat/workflows:run", {"workflow_id": 1})]:
+            with subtests.test(route=f"{method} {path}"):
+                rv = client.open(path, method=method, json=body,
+                                 headers=None if path.endswith("login") else headers)
+                assert_error(rv, 503, contains="database")
+                assert rv.headers["Retry-After"] == "5"
+    finally:
+        os.rename(moved, sqlite_dir)
+    assert client.get(f"{API}/experts", headers=headers).status_code == 200  # back without a restart
+
+
+def test_a_postgresql_server_that_does_not_answer_is_503(make_config):
+    from chatsvc import create_app
+
+    app = create_app(make_config(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/test"))
+    rv = app.test_client().post(f"{API}/auth/login", json={"email": "a@example.com", "password": PASSWORD})
+    assert_error(rv, 503)
+    assert rv.headers["Retry-After"]
+
+
+@pytest.mark.server
+def test_chunked_bodies_over_the_limit_are_413_never_cut(tmp_path):
+    with LiveServer(tmp_path, env={"CHATSVC_MAX_BODY_BYTES": "2000"}) as server:
+        seed = server.seed()
+        login = {"email": seed["admin_email"], "password": seed["admin_password"]}
+
+        def chunked(payload: bytes):
+            return (payload[i:i + 100] for i in range(0, len(payload), 100))
+
+        rv = httpx.post(server.url + f"{API}/auth/login", content=chunked(httpx.Request(
+            "POST", "/", json=login).content), headers={"Content-Type": "application/json"})
+        assert rv.status_code == 200, rv.text  # a chunked body within the limit is read whole
+        token = rv.json()["access_token"]
+        # Valid JSON up to the limit, more after it: acting on the first 2,000 bytes would start a run.
+        body = b'{"workflow_id": %d, "mode": "async"}' % seed["workflow_id"]
+        padded = body + b" " * 3000
+        rv = httpx.post(server.url + f"{API}/chat/workflows:run", content=chunked(padded),
+                        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        assert rv.status_code == 413, rv.text
+        assert rv.json()["code"] == 413
+        runs = httpx.get(server.url + f"{API}/chat/runs", headers={"Authorization": f"Bearer {token}"}).json()
+        assert runs == []
