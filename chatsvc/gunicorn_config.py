@@ -7,11 +7,13 @@ SSE streams. The app is created in each worker after the fork (no preload), so
 gevent has patched threading before the registry and executor create locks.
 """
 
+import json
 import logging
 import os
 import signal
 import time
 
+from gunicorn import util
 from gunicorn.glogging import Logger
 
 log = logging.getLogger("gunicorn.error")
@@ -69,6 +71,19 @@ class AccessLogger(Logger):
 
 logger_class = AccessLogger
 
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own answers (414, 431, 400 for a malformed request...) in the JSON envelope.
+
+    gunicorn writes these itself, before the app sees a request, as small HTML
+    pages; every chatsvc error is the envelope, so its writer is replaced in
+    each worker (``post_worker_init``). Same signature as ``gunicorn.util.write_error``.
+    """
+    body = json.dumps({"code": status_int, "status": reason, "message": mesg or reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
 MEMORY_REGISTRY_WORKERS_NOTE = (
     "CHATSVC_REGISTRY_URL is memory://: runs live in one process, so gunicorn runs "
     "exactly one (gevent) worker"
@@ -104,6 +119,7 @@ def post_worker_init(worker) -> None:
     # A log record would otherwise look up the current thread, which under gevent
     # builds a dummy Thread object for every greenlet that logs (no format uses it).
     logging.logThreads = False
+    util.write_error = write_json_error  # gunicorn.workers.base calls util.write_error
     gunicorn_handler = worker.handle_exit
 
     def handle_exit(sig, frame) -> None:

@@ -190,6 +190,32 @@ def test_access_log_shows_each_stream_without_its_token(live, demo_run):
     assert "token=" not in log
 
 
+def raw_request(live: Live, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", live.server.port), timeout=10) as sock:
+        sock.sendall(request)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize("request_bytes, code", [
+    (b"GET /api/v1/experts?" + b"a" * 5_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 10_000 + b"\r\n\r\n", 431),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431),
+    (b"BROKEN\r\n\r\n", 400),
+], ids=["long URI", "long header", "too many headers", "malformed request line"])
+def test_errors_answered_by_gunicorn_itself_are_the_json_envelope(live, request_bytes, code):
+    status, headers, body = raw_request(live, request_bytes)
+    assert status == code
+    assert headers["content-type"] == "application/json"
+    envelope = json.loads(body)
+    assert envelope["code"] == code and envelope["status"] and envelope["message"]
+
+
 def test_stream_token_of_one_run_is_refused_for_another(live, demo_run):
     body_a, _ = demo_run
     body_b = start_demo(live)
