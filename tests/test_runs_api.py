@@ -320,6 +320,34 @@ def test_stream_token_is_bound_to_its_run(client, world, finished_run):
     assert_envelope(client.get(f"{CHAT}/runs/{finished_run['run_id']}/events"), 401)  # no token, no headers
 
 
+@pytest.mark.parametrize("caller, revoke", [
+    ("member", "leave the team"),
+    ("member", "delete the user"),
+    ("linked_service", "disable the service"),
+    ("linked_service", "delete the service"),
+    ("linked_service", "unlink the workflow"),
+])
+def test_stream_token_is_refused_once_its_caller_could_not_see_the_run(client, world, caller, revoke):
+    body = run_workflow(client, world, world.workflow, caller).get_json()
+    assert client.get(body["events_url"]).status_code == 200  # the token works while access lasts
+    admin = world.headers["platform_admin"]
+    user, service = world.users["member"], world.services["linked_service"]
+    rv = {
+        "leave the team": lambda: client.delete(f"/api/v1/teams/{world.team.id}/members/{user.id}", headers=admin),
+        "delete the user": lambda: client.delete(f"/api/v1/users/{user.id}", headers=admin),
+        "disable the service": lambda: client.patch(f"/api/v1/services/{service.id}", json={"disabled": True},
+                                                    headers=admin),
+        "delete the service": lambda: client.delete(f"/api/v1/services/{service.id}", headers=admin),
+        "unlink the workflow": lambda: client.delete(
+            f"/api/v1/workflows/{world.workflow.id}/services/{service.id}", headers=admin),
+    }[revoke]()
+    assert rv.status_code in (200, 204), rv.get_data(as_text=True)
+    body401 = assert_envelope(client.get(body["events_url"]), 401)
+    assert "can no longer see" in body401["message"]
+    if revoke in ("leave the team", "unlink the workflow"):  # its credentials still work: the run is gone
+        assert_envelope(client.get(f"{CHAT}/runs/{body['run_id']}", headers=world.headers[caller]), 404)
+
+
 def test_expired_stream_token_is_refused(client, finished_run, monkeypatch):
     real = itsdangerous.timed.TimestampSigner.get_timestamp
     max_age = 3600  # the default CHATSVC_STREAM_TOKEN_MAX_AGE_SECONDS

@@ -58,7 +58,7 @@ def document_errors(view):
 
 def events_url(run_id: str) -> str:
     """The stream URL with a signed token bound to this run, usable by EventSource."""
-    token = current_runtime().tokens.issue(run_id)
+    token = current_runtime().tokens.issue(run_id, get_caller().key)
     return url_for("streams.RunEvents", run_id=run_id, token=token)
 
 
@@ -73,7 +73,7 @@ def run_body(info: RunInfo) -> dict[str, Any]:
 def visible_run(caller: Caller, run_id: str) -> RunInfo:
     """The run, or 404 when it is unknown, expired or not the caller's to see."""
     info = current_runtime().registry.get(run_id)
-    if info is None or not can_see_run(caller, info.owner, info.team_id):
+    if info is None or not can_see_run(caller, info):
         raise NotFound(f"Run {run_id} not found")
     return info
 
@@ -172,7 +172,7 @@ class Runs(MethodView):
     def get(self, args):
         """List the runs the caller may see, newest first."""
         caller = get_caller()
-        runs = [r for r in current_runtime().registry.list_runs() if can_see_run(caller, r.owner, r.team_id)]
+        runs = [r for r in current_runtime().registry.list_runs() if can_see_run(caller, r)]
         start, stop = clamp_page(args)
         return [run_body(r) for r in runs[start:stop]], {"X-Total-Count": str(len(runs))}
 

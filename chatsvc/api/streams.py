@@ -13,7 +13,7 @@ from chatsvc.errors import NotFound, Unauthorized
 from chatsvc.runs.registry import RegistryUnavailable, RunNotFound, RunRegistry
 from chatsvc.runs.runtime import current_runtime
 from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
-from chatsvc.security.caller import get_caller, has_credentials
+from chatsvc.security.caller import caller_for_key, get_caller, has_credentials
 from chatsvc.security.permissions import can_see_run
 
 from .schemas import ErrorSchema
@@ -86,13 +86,18 @@ class RunEvents(MethodView):
         args = request.args
         token = args.get("token")
         if token and not has_credentials():
-            if not runtime.tokens.is_valid_for(token, run_id):
+            caller_key = runtime.tokens.caller_key(token, run_id)
+            if caller_key is None:
                 raise Unauthorized("Invalid or expired stream token for this run")
+            caller = caller_for_key(caller_key)
             info = runtime.registry.get(run_id)
+            if caller is None or (info is not None and not can_see_run(caller, info)):
+                # Its caller was deleted or disabled, or lost access since the token was issued.
+                raise Unauthorized("This stream token's caller can no longer see the run")
         else:
             caller = get_caller()
             info = runtime.registry.get(run_id)
-            if info is not None and not can_see_run(caller, info.owner, info.team_id):
+            if info is not None and not can_see_run(caller, info):
                 info = None
         if info is None:
             raise NotFound(f"Run {run_id} not found")

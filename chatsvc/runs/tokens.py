@@ -1,4 +1,4 @@
-"""Signed, expiring stream tokens bound to one run (for EventSource, which cannot send headers)."""
+"""Signed, expiring stream tokens bound to one run and its caller (for EventSource, which cannot send headers)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,21 @@ class StreamTokens:
         self._serializer = URLSafeTimedSerializer(secret, salt=SALT)
         self._max_age = max_age_seconds
 
-    def issue(self, run_id: str) -> str:
-        return self._serializer.dumps({"run": run_id})
+    def issue(self, run_id: str, caller_key: str) -> str:
+        """A token for ``run_id``, naming the caller it was issued to (``user:3``, ``service:7``)."""
+        return self._serializer.dumps({"run": run_id, "sub": caller_key})
 
-    def is_valid_for(self, token: str, run_id: str) -> bool:
-        """True if the token is genuine, unexpired and was issued for ``run_id``."""
+    def caller_key(self, token: str, run_id: str) -> str | None:
+        """The caller key of a genuine, unexpired token issued for ``run_id``; else None.
+
+        The stream still checks that this caller may see the run *now*: a token
+        outlives neither its caller's access nor its caller.
+        """
         try:
             payload = self._serializer.loads(token, max_age=self._max_age)
         except BadSignature:  # includes SignatureExpired
-            return False
-        return isinstance(payload, dict) and payload.get("run") == run_id
+            return None
+        if not isinstance(payload, dict) or payload.get("run") != run_id:
+            return None
+        sub = payload.get("sub")
+        return sub if isinstance(sub, str) else None

@@ -5,7 +5,7 @@ Existence is checked before permission: a missing target is 404 for everyone.
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import Select, select
 
@@ -17,6 +17,10 @@ from chatsvc.security.guardrails import (
     ensure_service_can_use_expert,
     ensure_service_can_use_workflow,
 )
+
+
+if TYPE_CHECKING:
+    from chatsvc.runs.registry import RunInfo
 
 
 class TeamOwned(Protocol):
@@ -99,8 +103,23 @@ def _visible(caller: Caller, model, link_model, link_column) -> Select:
     return stmt.where(model.team_id.in_(list(caller.team_roles)))
 
 
-def can_see_run(caller: Caller, owner: str, team_id: int) -> bool:
-    """Platform admins see every run, team admins their team's, everyone else their own."""
-    if caller.is_platform_admin or caller.is_admin_of(team_id):
+def can_see_run(caller: Caller, run: RunInfo) -> bool:
+    """Platform admins see every run, team admins their team's; anyone else only their own runs,
+    and only while they still could start them: a user still in the run's team, a service
+    still linked to the run's expert or workflow (SPEC §4: "team member: own runs",
+    "service linked to the target: own runs")."""
+    if caller.is_platform_admin or caller.is_admin_of(run.team_id):
         return True
-    return owner == caller.key
+    if run.owner != caller.key:
+        return False
+    if caller.is_user:
+        return caller.is_member_of(run.team_id)
+    return _service_linked(caller.id, run.kind, run.target_id)
+
+
+def _service_linked(service_id: int, kind: str, target_id: int) -> bool:
+    link, column = (ExpertService, ExpertService.expert_id) if kind == "expert" else (
+        WorkflowService, WorkflowService.workflow_id)
+    return db.session.scalar(
+        select(link.id).where(link.service_id == service_id, column == target_id).limit(1)
+    ) is not None
