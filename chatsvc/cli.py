@@ -149,8 +149,12 @@ def serve(demo_mode: bool, host: str | None, port: int | None) -> None:
         _print_demo(url)
     # exec a fresh interpreter: gevent must patch before anything imports ssl or
     # threading, and the app must be created in each worker, after the fork.
-    config_file = os.path.join(os.path.dirname(__file__), "gunicorn_config.py")
-    argv = [sys.executable, "-m", "gunicorn", "-c", config_file, "chatsvc:create_app()"]
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    config_file = os.path.join(package_dir, "gunicorn_config.py")
+    # gunicorn puts the working directory first on sys.path; a folder named
+    # `chatsvc` there would shadow this package. --pythonpath goes before it.
+    argv = [sys.executable, "-m", "gunicorn", "-c", config_file,
+            "--pythonpath", os.path.dirname(package_dir), "chatsvc:create_app()"]
     sys.stdout.flush()
     os.execvpe(sys.executable, argv, env)
 

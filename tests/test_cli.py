@@ -188,10 +188,14 @@ def test_serve_demo_answers_the_printed_curl(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSVC_")}
     env["CHATSVC_INSTANCE_PATH"] = str(tmp_path / "instance")
+    # Started from a folder holding a `chatsvc/` directory (say, a checkout's parent):
+    # that folder is first on gunicorn's sys.path and must not shadow the package.
+    (tmp_path / "chatsvc").mkdir()
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "chatsvc.cli", "serve", "--demo", "--port", str(port)],
+            # The console script, as a user runs it (`python -m` would put the folder on sys.path itself).
+            [os.path.join(os.path.dirname(sys.executable), "chatsvc"), "serve", "--demo", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         )
     try:
