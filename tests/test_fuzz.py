@@ -1,0 +1,98 @@
+"""A bounded schemathesis run against the app's own OpenAPI document (issue: hostile input §4).
+
+Every operation, with generated valid and invalid data, as a platform admin (JWT) and as
+a service (API key): no 5xx, no response that contradicts the document, every error the
+JSON envelope. Fixed seed (derandomized) and a few examples per operation, so it is
+repeatable and takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error, response_schema_conformance
+
+from chatsvc import accounts, create_app
+from chatsvc.extensions import db
+from tests.support import PASSWORD, auth_headers
+
+EXAMPLES_PER_OPERATION = 25
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory, make_config_module):
+    """The app, seeded, and the two callers the fuzzer acts as."""
+    app = create_app(make_config_module(tmp_path_factory.mktemp("fuzz")))
+    with app.app_context():
+        db.create_all()
+        # The fuzzer's admin is the only platform admin, so it cannot demote or delete
+        # itself (409); what it creates and deletes otherwise is this throwaway database's.
+        admin = accounts.create_user("fuzz-admin@example.com", PASSWORD, is_admin=True)
+        team = accounts.create_team("Fuzz team", admin_user_id=admin.id)
+        service, key = accounts.create_service(team.id, "fuzz-service")
+        callers = {"admin": auth_headers(admin), "service": {"X-API-Key": key}}
+        admin_id = admin.id
+    return app, callers, admin_id
+
+
+@pytest.fixture(scope="module")
+def make_config_module():
+    from chatsvc.config import Config
+    from tests.support import TEST_JWT_SECRET
+
+    def factory(folder):
+        return Config.from_env({}, env="production", jwt_secret=TEST_JWT_SECRET,
+                               database_url=f"sqlite:///{folder / 'fuzz.db'}",
+                               instance_path=str(folder / "instance"),
+                               sync_timeout_seconds=1.0, sse_heartbeat_seconds=1.0)
+
+    return factory
+
+
+def error_is_the_envelope(ctx, response, case) -> None:
+    """Every 4xx/5xx is the JSON envelope, never HTML or plain text."""
+    if response.status_code < 400:
+        return
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    content_type = headers.get("content-type") or [""]
+    content_type = content_type[0] if isinstance(content_type, list) else content_type
+    assert content_type.startswith("application/json"), response.text
+    body = response.json()
+    assert body["code"] == response.status_code and body["status"] and body["message"], body
+
+
+CHECKS = [not_a_server_error, response_schema_conformance, error_is_the_envelope]
+
+
+def fuzz(fuzz_target, caller: str, subtests) -> None:
+    """Every operation of the document, valid and invalid data, as `caller`."""
+    app, callers, admin_id = fuzz_target
+    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) > 30  # the whole API, not an empty document
+    for operation in operations:
+        strategy = (operation.as_strategy(GenerationMode.POSITIVE)
+                    | operation.as_strategy(GenerationMode.NEGATIVE))
+
+        @given(case=strategy)
+        @settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def run(case) -> None:
+            if (case.path_parameters or {}).get("user_id") == admin_id and case.method in ("PATCH", "DELETE"):
+                return  # never act on the fuzzer's own admin (it would only get 409 anyway)
+            case.call_and_validate(headers=callers[caller], checks=CHECKS)
+
+        with subtests.test(operation=operation.label):
+            run()
+
+
+@pytest.mark.timeout(600)
+def test_fuzz_as_a_platform_admin(fuzz_target, subtests):
+    fuzz(fuzz_target, "admin", subtests)
+
+
+@pytest.mark.timeout(600)
+def test_fuzz_as_a_service(fuzz_target, subtests):
+    fuzz(fuzz_target, "service", subtests)
