@@ -65,6 +65,8 @@ class Config:
     llm_api_key: str | None = None
     llm_timeout_seconds: float = 60.0
     jsonata_timeout_ms: int = 500
+    jsonata_workers: int = 4
+    jsonata_memory_mb: int = 512
     default_page_size: int = 20
     max_page_size: int = 100
 
@@ -103,6 +105,8 @@ class Config:
             llm_api_key=env.get("CHATSVC_LLM_API_KEY") or None,
             llm_timeout_seconds=_float(env, "CHATSVC_LLM_TIMEOUT_SECONDS", 60.0),
             jsonata_timeout_ms=_int(env, "CHATSVC_JSONATA_TIMEOUT_MS", 500),
+            jsonata_workers=_int(env, "CHATSVC_JSONATA_WORKERS", 4),
+            jsonata_memory_mb=_int(env, "CHATSVC_JSONATA_MEMORY_MB", 512),
         )
         values.update(overrides)
         return cls(**values)

@@ -18,6 +18,7 @@ from chatsvc.runs.executor import RunExecutor, default_workers
 from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.registry import RunInfo, RunRegistry
 from chatsvc.runs.tokens import StreamTokens
+from chatsvc.services import jsonata_pool
 from chatsvc.services.llm import LLMProvider, make_provider
 
 EXTENSION_KEY = "chatsvc.runtime"
@@ -79,6 +80,8 @@ class Runtime:
 def init_app(app: Flask, config: Config) -> Runtime:
     runtime = Runtime.create(config)
     runtime.registry.start_gc()
+    # Evaluator processes of this server process; they exit with it (their stdin closes).
+    jsonata_pool.configure(size=config.jsonata_workers, memory_mb=config.jsonata_memory_mb)
     app.extensions[EXTENSION_KEY] = runtime
     app.extensions["chatsvc.shutdown"] = runtime.shutdown
     return runtime

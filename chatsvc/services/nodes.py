@@ -12,7 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
-from chatsvc.services.jsonata_eval import ExpressionError, compile_expression, evaluate
+from chatsvc.services.jsonata_eval import ExpressionError, compile_expression
+from chatsvc.services.jsonata_pool import evaluate
 from chatsvc.services.prompt_render import default_base, render_prompt
 
 MAX_SLEEP_SECONDS = 60

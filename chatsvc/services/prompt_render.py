@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from chatsvc.services.jsonata_eval import ExpressionError, evaluate
+from chatsvc.services.jsonata_eval import ExpressionError
+from chatsvc.services.jsonata_pool import evaluate_many
 
 # Inside a placeholder, the characters that can change where it ends: quotes, braces, comments.
 _SIGNIFICANT = re.compile(r"""["'`{}]|/\*""")
@@ -109,23 +109,22 @@ def render_prompt(
     ``timeout_ms`` bounds one placeholder, ``total_timeout_ms`` the whole template, so a template
     repeating a runaway expression cannot hold a worker for long.
     """
-    data = {"base": base, "input": input_data}
-    deadline = time.monotonic() + total_timeout_ms / 1000
+    spans = list(_placeholder_spans(template))
+    # One round trip to an evaluator process for the whole template (jsonata_pool).
+    values = evaluate_many([template[start + 2:end - 2].strip() for start, end in spans],
+                           {"base": base, "input": input_data},
+                           timeout_ms=timeout_ms, total_ms=total_timeout_ms)
     parts: list[str] = []
     warnings: list[dict] = []
     pos = 0
-    for start, end in _placeholder_spans(template):
+    for (start, end), value in zip(spans, values):
         placeholder = template[start:end]
         parts.append(template[pos:start])
-        remaining_ms = int((deadline - time.monotonic()) * 1000)
-        try:
-            if remaining_ms <= 0:
-                raise ExpressionError(f"timeout: template rendering exceeded {total_timeout_ms / 1000:g} s")
-            value = evaluate(placeholder[2:-2].strip(), data, timeout_ms=min(timeout_ms, remaining_ms))
-            parts.append(_format_value(value))
-        except ExpressionError as exc:
+        if isinstance(value, ExpressionError):
             parts.append(placeholder)
-            warnings.append({"placeholder": placeholder, "reason": exc.reason})
+            warnings.append({"placeholder": placeholder, "reason": value.reason})
+        else:
+            parts.append(_format_value(value))
         pos = end
     parts.append(template[pos:])
     return RenderResult("".join(parts), warnings)

@@ -1,0 +1,281 @@
+"""JSONata runs in evaluator processes, stopped hard at its time limit (see docs/decisions.md).
+
+Every evaluation (prompt placeholders, ``transform`` nodes) goes through ``evaluate_many``:
+one round trip to an idle child of this process's pool evaluates a whole template's
+expressions. The child applies the cooperative bounds of ``jsonata_eval``; on top, the
+server waits for each answer no longer than the expression's time limit (plus a small
+grace) and otherwise kills the child — a single built-in call (a catastrophic regex, a
+huge range or sort) cannot hold the server, whatever it does. A killed or crashed child
+is replaced in the background; the expression it was running gets a timeout or an error.
+
+Concurrency: a child serves one caller at a time. Callers wait for a free child no longer
+than their own time limit (then: the same timeout reason), so a flood of runaway
+expressions from one team costs others at most that wait. Waiting for a child's answer is
+``select`` on its pipe: cooperative under gevent (patched), a plain blocking wait in a
+thread otherwise. Children are fresh interpreters (``subprocess``), never forks of a
+process running greenlets; no multiprocessing pool or helper thread is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from chatsvc.services.jsonata_eval import ExpressionError
+
+log = logging.getLogger(__name__)
+
+GRACE_SECONDS = 0.1  # beyond an expression's own limit, for the round trip, before the kill
+STARTUP_SECONDS = 15  # a new evaluator must say "ready" within this
+WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsonata_worker.py")
+DEFAULT_WORKERS = 4
+DEFAULT_MEMORY_MB = 512
+
+
+class _ChildGone(Exception):
+    """The evaluator process exited or closed its pipe."""
+
+
+class _Child:
+    """One evaluator process and its pipes."""
+
+    def __init__(self, memory_mb: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, WORKER_SCRIPT, str(memory_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+        )
+        self._fd = self.process.stdout.fileno()
+        self._buffer = b""
+        try:
+            ready = self.read_line(time.monotonic() + STARTUP_SECONDS)
+        except _ChildGone:
+            ready = None
+        if ready != b"ready":
+            self.kill()
+            raise OSError(f"jsonata evaluator did not start (exit code {self.process.returncode})")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, request: bytes) -> None:
+        try:
+            self.process.stdin.write(request)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            raise _ChildGone() from exc
+
+    def read_line(self, deadline: float) -> bytes | None:
+        """The next reply line, or None if none arrived by ``deadline``."""
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, _, _ = select.select([self._fd], [], [], remaining)
+            if not readable:
+                return None
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                raise _ChildGone()
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def kill(self) -> None:
+        try:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            log.warning("jsonata evaluator %s did not exit after SIGKILL", self.pid)
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+class EvaluatorPool:
+    """Up to ``size`` evaluator processes, each used by one caller at a time."""
+
+    def __init__(self, size: int = DEFAULT_WORKERS, memory_mb: int = DEFAULT_MEMORY_MB) -> None:
+        self.size = size
+        self.memory_mb = memory_mb
+        self._free = threading.Semaphore(size)  # gevent's under gunicorn (created after patching)
+        self._lock = threading.Lock()
+        self._idle: list[_Child] = []
+        self._closed = False
+
+    # --- callers ---------------------------------------------------------------
+
+    def evaluate_many(self, exprs: list[str], data: Any, *, timeout_ms: int, total_ms: int,
+                      max_depth: int = 100) -> list[Any | ExpressionError]:
+        """Each expression's value, or the ExpressionError it ended with, in order."""
+        results: list[Any | ExpressionError] = []
+        deadline = time.monotonic() + total_ms / 1000
+        while len(results) < len(exprs):
+            remaining_ms = round((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                timeout = ExpressionError(f"timeout: template rendering exceeded {total_ms / 1000:g} s")
+                results += [timeout] * (len(exprs) - len(results))
+                break
+            results += self._run_batch(exprs[len(results):], data, min(timeout_ms, remaining_ms),
+                                       remaining_ms, max_depth)
+        return results
+
+    def _run_batch(self, exprs: list[str], data: Any, timeout_ms: int, total_ms: int,
+                   max_depth: int) -> list[Any | ExpressionError]:
+        """Evaluate on one child until done or until it is killed (then the results so far)."""
+        timeout = ExpressionError(f"timeout: expression exceeded {timeout_ms / 1000:g} s")
+        try:
+            request = json.dumps({"exprs": exprs, "data": data, "timeout_ms": timeout_ms,
+                                  "total_ms": total_ms, "max_depth": max_depth},
+                                 separators=(",", ":")).encode() + b"\n"
+        except (TypeError, ValueError) as exc:
+            return [ExpressionError(f"evaluation error: input is not JSON: {exc}")] * len(exprs)
+        child = self._acquire(timeout_ms / 1000)
+        if child is None:
+            return [timeout]  # no child free in time: this expression timed out waiting
+        results: list[Any | ExpressionError] = []
+        healthy = False
+        try:
+            child.send(request)
+            for _ in exprs:
+                line = child.read_line(time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS)
+                if line is None:
+                    log.warning("jsonata evaluator %s killed: an expression ran past %d ms", child.pid, timeout_ms)
+                    results.append(timeout)
+                    return results
+                reply = json.loads(line)
+                results.append(reply["ok"] if "ok" in reply else ExpressionError(reply["error"]))
+            healthy = True
+            return results
+        except _ChildGone:
+            log.warning("jsonata evaluator %s died during an evaluation", child.pid)
+            results.append(ExpressionError("evaluation error: the evaluator stopped (out of memory?)"))
+            return results
+        finally:
+            self._release(child, healthy)
+
+    # --- children ----------------------------------------------------------------
+
+    def _acquire(self, wait_seconds: float) -> _Child | None:
+        if not self._free.acquire(timeout=wait_seconds):
+            return None
+        with self._lock:
+            child = self._idle.pop() if self._idle else None
+        if child is not None and child.process.poll() is None:
+            return child
+        if child is not None:
+            child.kill()  # it died while idle (killed from outside): a new one instead
+        try:
+            return _Child(self.memory_mb)
+        except OSError:
+            self._free.release()
+            log.exception("could not start a jsonata evaluator")
+            return None
+
+    def _release(self, child: _Child, healthy: bool) -> None:
+        if healthy and not self._closed:
+            with self._lock:
+                self._idle.append(child)
+        else:
+            # Off the caller's path (it gets its answer at once): wait for the killed child
+            # to exit and start its replacement, so the next caller finds one ready.
+            threading.Thread(target=self._replace, args=(child,), name="jsonata-replace", daemon=True).start()
+        self._free.release()
+
+    def _replace(self, child: _Child | None) -> None:
+        if child is not None:
+            child.kill()
+        if self._closed:
+            return
+        try:
+            fresh = _Child(self.memory_mb)
+        except OSError:
+            log.exception("could not start a jsonata evaluator")
+            return
+        with self._lock:
+            if len(self._idle) < self.size and not self._closed:
+                self._idle.append(fresh)
+                return
+        fresh.kill()  # enough idle already (callers started their own meanwhile)
+
+    def warm_up(self) -> None:
+        """Start the evaluators in the background, so the first evaluations need not wait."""
+        with self._lock:
+            missing = self.size - len(self._idle)
+        for _ in range(missing):
+            threading.Thread(target=self._replace, args=(None,), name="jsonata-start", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop every idle child (shutdown); children in use end when their callers release them."""
+        self._closed = True
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for child in idle:
+            child.kill()
+
+    def idle_pids(self) -> list[int]:
+        """The idle children's process ids (tests, diagnostics)."""
+        with self._lock:
+            return [child.pid for child in self._idle]
+
+
+_pool: EvaluatorPool | None = None
+_pool_pid: int | None = None
+_pool_settings = {"size": DEFAULT_WORKERS, "memory_mb": DEFAULT_MEMORY_MB}
+_pool_guard = threading.Lock()
+
+
+def configure(*, size: int, memory_mb: int) -> None:
+    """Settings for this process's pool (``CHATSVC_JSONATA_WORKERS``, ``CHATSVC_JSONATA_MEMORY_MB``);
+    its evaluators start in the background."""
+    global _pool
+    with _pool_guard:
+        if _pool is not None and (_pool.size, _pool.memory_mb) != (size, memory_mb):
+            _pool.close()
+            _pool = None
+        _pool_settings.update(size=size, memory_mb=memory_mb)
+    pool().warm_up()
+
+
+def pool() -> EvaluatorPool:
+    """This process's pool, created on first use (after a fork: a new one, the parent's is not ours)."""
+    global _pool, _pool_pid
+    with _pool_guard:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = EvaluatorPool(**_pool_settings)
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def shutdown() -> None:
+    global _pool
+    with _pool_guard:
+        if _pool is not None and _pool_pid == os.getpid():
+            _pool.close()
+        _pool = None
+
+
+def evaluate_many(exprs: list[str], data: Any, *, timeout_ms: int, total_ms: int | None = None,
+                  max_depth: int = 100) -> list[Any | ExpressionError]:
+    """Evaluate expressions against JSON-like data in an evaluator process; see ``EvaluatorPool``."""
+    if not exprs:
+        return []
+    return pool().evaluate_many(exprs, data, timeout_ms=timeout_ms,
+                                total_ms=timeout_ms if total_ms is None else total_ms, max_depth=max_depth)
+
+
+def evaluate(expr: str, data: Any, *, timeout_ms: int = 500, max_depth: int = 100) -> Any:
+    """One expression's value; raises ExpressionError like ``jsonata_eval.evaluate``."""
+    [result] = evaluate_many([expr], data, timeout_ms=timeout_ms, max_depth=max_depth)
+    if isinstance(result, ExpressionError):
+        raise result
+    return result

@@ -1,0 +1,81 @@
+"""An evaluator process: JSONata evaluations for the serving process, one request per line.
+
+Started by ``jsonata_pool`` as ``python path/to/jsonata_worker.py MEMORY_MB``: a fresh
+interpreter (nothing forked from a worker running greenlets) that imports only
+``jsonata_eval`` beside it — not the chatsvc package, so it starts in a fraction of a
+second and stays small — with its address space capped, so that a huge range or string
+ends in MemoryError here, never in the server. It writes ``ready`` once it can serve.
+
+Protocol (newline-delimited JSON; ``json.dumps`` never writes a raw newline):
+  request  ``{"exprs": [...], "data": ..., "timeout_ms": N, "total_ms": N, "max_depth": N}``
+  replies  one line per expression, in order: ``{"ok": value}`` or ``{"error": reason}``
+The serving process may kill this process at any moment (its hard time limit).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+if __package__:  # imported as chatsvc.services.jsonata_worker (tests)
+    from chatsvc.services.jsonata_eval import ExpressionError, evaluate
+else:  # run by path: the module beside this file, without the chatsvc package (Flask, SQLAlchemy...)
+    from jsonata_eval import ExpressionError, evaluate  # type: ignore[no-redef]
+
+MAX_RESULT_BYTES = 1024 * 1024  # a placeholder or transform result larger than this is an error
+
+
+def _reply(expr: str, data: object, timeout_ms: int, max_depth: int) -> bytes:
+    try:
+        line = json.dumps({"ok": evaluate(expr, data, timeout_ms=timeout_ms, max_depth=max_depth)},
+                          separators=(",", ":"))
+    except ExpressionError as exc:
+        line = json.dumps({"error": exc.reason})
+    except MemoryError:
+        line = json.dumps({"error": "evaluation error: out of memory"})
+    except (TypeError, ValueError) as exc:  # a result JSON cannot carry
+        line = json.dumps({"error": f"evaluation error: {exc}"})
+    if len(line) > MAX_RESULT_BYTES:
+        line = json.dumps({"error": f"evaluation error: result larger than {MAX_RESULT_BYTES} bytes"})
+    return line.encode() + b"\n"
+
+
+def serve(stdin, stdout) -> None:
+    for raw in stdin:
+        try:
+            request = json.loads(raw)
+        except MemoryError:
+            request = None
+        if request is None:
+            stdout.write(json.dumps({"error": "evaluation error: out of memory"}).encode() + b"\n")
+            stdout.flush()
+            continue
+        deadline = time.monotonic() + request["total_ms"] / 1000
+        for expr in request["exprs"]:
+            remaining_ms = round((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                reply = json.dumps({"error": f"timeout: template rendering exceeded {request['total_ms'] / 1000:g} s"})
+                stdout.write(reply.encode() + b"\n")
+            else:
+                stdout.write(_reply(expr, request["data"], min(request["timeout_ms"], remaining_ms),
+                                    request["max_depth"]))
+            stdout.flush()  # one line at a time: the server sees how far we got
+
+
+def main() -> None:
+    memory_bytes = int(sys.argv[1]) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    try:
+        sys.stdout.buffer.write(b"ready\n")
+        sys.stdout.buffer.flush()
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except (BrokenPipeError, KeyboardInterrupt):  # the server went away
+        pass
+    except MemoryError:  # not even the error reply fits: end; the server reports it and replaces us
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""JSONata in evaluator processes: hard time limit, bounded memory, crash recovery, batching."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from chatsvc.services import jsonata_pool
+from chatsvc.services.jsonata_eval import ExpressionError
+from chatsvc.services.jsonata_pool import EvaluatorPool
+from chatsvc.services.prompt_render import render_prompt
+
+CATASTROPHIC = "$contains(input.s, /(a+)+$/)"
+EVIL_INPUT = {"s": "a" * 29 + "!"}
+
+
+@pytest.fixture
+def pool():
+    pool = EvaluatorPool(size=2, memory_mb=256)
+    yield pool
+    pool.close()
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_values_and_errors_come_back_in_order(pool):
+    results = pool.evaluate_many(["input.a + 1", "nope(", "input.b", "$string(input.a)"],
+                                 {"input": {"a": 41, "b": None}}, timeout_ms=500, total_ms=2000)
+    assert results[0] == 42 and results[2] is None and results[3] == "41"
+    assert isinstance(results[1], ExpressionError) and results[1].reason.startswith("syntax error")
+
+
+@pytest.mark.parametrize("expr", [CATASTROPHIC, "$sum([1..10000000])"], ids=["regex backtracking", "huge range"])
+def test_a_runaway_built_in_is_killed_at_the_time_limit_and_replaced(pool, expr):
+    pool.evaluate_many(["1"], {}, timeout_ms=500, total_ms=500)  # one evaluator up and idle
+    [before] = pool.idle_pids()
+    started = time.monotonic()
+    [result] = pool.evaluate_many([expr], {"input": EVIL_INPUT}, timeout_ms=300, total_ms=300)
+    elapsed = time.monotonic() - started
+    assert isinstance(result, ExpressionError)
+    assert result.reason == "timeout: expression exceeded 0.3 s"
+    assert elapsed < 0.3 + jsonata_pool.GRACE_SECONDS + 0.3
+    wait_for(lambda: not _alive(before))  # the runaway process is gone
+    assert pool.evaluate_many(["1 + 1"], {}, timeout_ms=500, total_ms=500) == [2]  # a fresh one answers
+
+
+def test_the_rest_of_a_template_is_still_rendered_after_a_kill(pool, monkeypatch):
+    monkeypatch.setattr(jsonata_pool, "_pool", pool)
+    monkeypatch.setattr(jsonata_pool, "_pool_pid", os.getpid())
+    result = render_prompt("{{ input.s }} {{ " + CATASTROPHIC + " }} {{ 6 * 7 }}", {}, EVIL_INPUT,
+                           timeout_ms=300, total_timeout_ms=2000)
+    assert result.text == "a" * 29 + "! {{ " + CATASTROPHIC + " }} 42"
+    assert [w["reason"] for w in result.warnings] == ["timeout: expression exceeded 0.3 s"]
+
+
+def test_a_template_is_one_round_trip(pool, monkeypatch):
+    monkeypatch.setattr(jsonata_pool, "_pool", pool)
+    monkeypatch.setattr(jsonata_pool, "_pool_pid", os.getpid())
+    sent: list[bytes] = []
+    original = jsonata_pool._Child.send
+    monkeypatch.setattr(jsonata_pool._Child, "send", lambda self, request: (sent.append(request),
+                                                                            original(self, request))[1])
+    result = render_prompt(" ".join("{{ %d }}" % i for i in range(9)), {}, {})
+    assert result.text == "0 1 2 3 4 5 6 7 8" and len(sent) == 1
+
+
+def test_memory_of_an_evaluation_is_bounded():
+    small = EvaluatorPool(size=1, memory_mb=128)
+    try:
+        # A million objects: the evaluator runs out of its address space, the server does not grow.
+        [result] = small.evaluate_many(['[1..1000000].{"a": $, "b": [$, $, $]}'], {}, timeout_ms=8000,
+                                       total_ms=8000)
+        assert isinstance(result, ExpressionError)
+        assert "memory" in result.reason or "stopped" in result.reason
+        assert small.evaluate_many(["1"], {}, timeout_ms=2000, total_ms=2000) == [1]
+    finally:
+        small.close()
+
+
+def test_a_huge_result_is_an_error_not_a_copy_into_the_server(pool):
+    [result] = pool.evaluate_many(['$pad("", 2000000, "x")'], {}, timeout_ms=2000, total_ms=2000)
+    assert isinstance(result, ExpressionError) and "larger than" in result.reason
+
+
+def test_an_evaluator_killed_mid_evaluation_gives_an_error_and_the_pool_recovers(pool):
+    pool.evaluate_many(["1"], {}, timeout_ms=500, total_ms=500)
+    [pid] = pool.idle_pids()
+    threading.Timer(0.3, os.kill, args=(pid, signal.SIGKILL)).start()
+    [result] = pool.evaluate_many([CATASTROPHIC], {"input": EVIL_INPUT}, timeout_ms=5000, total_ms=5000)
+    assert isinstance(result, ExpressionError) and "stopped" in result.reason
+    assert pool.evaluate_many(["2 * 21"], {}, timeout_ms=2000, total_ms=2000) == [42]
+
+
+def test_an_idle_evaluator_that_died_is_replaced(pool):
+    pool.evaluate_many(["1"], {}, timeout_ms=500, total_ms=500)
+    [pid] = pool.idle_pids()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(pid))
+    assert pool.evaluate_many(["1 + 2"], {}, timeout_ms=2000, total_ms=2000) == [3]
+
+
+def test_callers_beyond_the_pool_wait_at_most_their_time_limit(pool):
+    """Two runaways hold both evaluators; a third caller gets a timeout, not an endless wait."""
+    threads = [threading.Thread(target=pool.evaluate_many, args=([CATASTROPHIC], {"input": EVIL_INPUT}),
+                                kwargs={"timeout_ms": 1500, "total_ms": 1500}) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    [result] = pool.evaluate_many(["1"], {}, timeout_ms=200, total_ms=200)
+    assert isinstance(result, ExpressionError) and result.reason.startswith("timeout")
+    assert time.monotonic() - started < 1.0
+    for thread in threads:
+        thread.join(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
