@@ -33,6 +33,7 @@ from chatsvc.services.jsonata_eval import ExpressionError
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 0.1  # beyond an expression's own limit, for the round trip, before the kill
+DEMOTE_AFTER_SECONDS = 0.05  # an evaluation still running after this yields the CPU to everyone else
 STARTUP_SECONDS = 15  # a new evaluator must say "ready" within this
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsonata_worker.py")
 DEFAULT_WORKERS = 4
@@ -53,6 +54,7 @@ class _Child:
         )
         self._fd = self.process.stdout.fileno()
         self._buffer = b""
+        self.demoted = False
         try:
             ready = self.read_line(time.monotonic() + STARTUP_SECONDS)
         except _ChildGone:
@@ -87,6 +89,15 @@ class _Child:
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
+
+    def demote(self) -> None:
+        """Lowest CPU priority (nice 19): a runaway burns only what nothing else wants."""
+        if not self.demoted:
+            self.demoted = True
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.pid, 19)
+            except OSError:
+                pass
 
     def kill(self) -> None:
         try:
@@ -147,14 +158,18 @@ class EvaluatorPool:
         try:
             child.send(request)
             for _ in exprs:
-                line = child.read_line(time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS)
+                deadline = time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS
+                line = child.read_line(min(deadline, time.monotonic() + DEMOTE_AFTER_SECONDS))
+                if line is None:
+                    child.demote()  # long-running: lowest CPU priority until it answers or is killed
+                    line = child.read_line(deadline)
                 if line is None:
                     log.warning("jsonata evaluator %s killed: an expression ran past %d ms", child.pid, timeout_ms)
                     results.append(timeout)
                     return results
                 reply = json.loads(line)
                 results.append(reply["ok"] if "ok" in reply else ExpressionError(reply["error"]))
-            healthy = True
+            healthy = not child.demoted  # a demoted child cannot be raised again: replace it
             return results
         except _ChildGone:
             log.warning("jsonata evaluator %s died during an evaluation", child.pid)

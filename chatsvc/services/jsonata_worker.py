@@ -15,6 +15,7 @@ The serving process may kill this process at any moment (its hard time limit).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -25,6 +26,7 @@ else:  # run by path: the module beside this file, without the chatsvc package (
     from jsonata_eval import ExpressionError, evaluate  # type: ignore[no-redef]
 
 MAX_RESULT_BYTES = 1024 * 1024  # a placeholder or transform result larger than this is an error
+NICENESS = 10
 
 
 def _reply(expr: str, data: object, timeout_ms: int, max_depth: int) -> bytes:
@@ -67,6 +69,9 @@ def serve(stdin, stdout) -> None:
 def main() -> None:
     memory_bytes = int(sys.argv[1]) * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    # Below the server in the CPU scheduler: a runaway expression burning a core must
+    # not slow down the streams and requests of the process that serves everyone.
+    os.nice(NICENESS)
     try:
         sys.stdout.buffer.write(b"ready\n")
         sys.stdout.buffer.flush()

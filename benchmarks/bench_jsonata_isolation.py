@@ -1,0 +1,101 @@
+"""Runaway JSONata against everyone else: /healthz and a normal expert run, with and without 3 runaways.
+
+Run: python benchmarks/bench_jsonata_isolation.py [--seconds 10]
+
+A real gunicorn + gevent server (one worker, defaults). Phase "quiet": one client probes
+`GET /healthz` every 10 ms while another runs the demo expert (9 placeholders, stub LLM)
+in sync mode back to back. Phase "runaways": the same, while 3 runs whose template holds
+a catastrophic regex are kept in flight (each is killed at CHATSVC_JSONATA_TIMEOUT_MS and
+restarted at once). Prints /healthz p50/p99 and the normal run's p50 in both phases.
+SPEC §13 targets: /healthz p99 < 50 ms with the runaways, run p50 changes by < 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from chatsvc.demo import DEMO_INPUTS  # noqa: E402
+from tests.live_server import LiveServer  # noqa: E402
+
+RUNAWAY = "{{ $contains(input.s, /(a+)+$/) }}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def phase(url: str, headers: dict, expert_id: int, runaway_id: int | None, seconds: float) -> dict:
+    stop = threading.Event()
+    health: list[float] = []
+    runs: list[float] = []
+
+    def probe() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                client.get(url + "/healthz")
+                health.append(time.perf_counter() - started)
+                time.sleep(0.01)
+
+    def normal() -> None:
+        with httpx.Client(timeout=30, headers=headers) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                rv = client.post(url + "/api/v1/chat/experts:run", json={
+                    "expert_id": expert_id, "input_params": DEMO_INPUTS, "mode": "sync"})
+                assert rv.status_code == 200 and not rv.json()["warnings"], rv.text
+                runs.append(time.perf_counter() - started)
+
+    def runaway() -> None:
+        with httpx.Client(timeout=30, headers=headers) as client:
+            while not stop.is_set():
+                client.post(url + "/api/v1/chat/experts:run", json={
+                    "expert_id": runaway_id, "input_params": {"s": "a" * 29 + "!"}, "mode": "sync"})
+
+    threads = [threading.Thread(target=probe), threading.Thread(target=normal)]
+    if runaway_id is not None:
+        threads += [threading.Thread(target=runaway) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    return {"healthz_p50_ms": statistics.median(health) * 1000, "healthz_p99_ms": percentile(health, 0.99) * 1000,
+            "run_p50_ms": statistics.median(runs) * 1000, "runs": len(runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    env = {"CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER": "1000"}
+    with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
+        seed = server.seed()
+        token = httpx.post(server.url + "/api/v1/auth/login", json={
+            "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        runaway = httpx.post(server.url + "/api/v1/experts", headers=headers, json={
+            "team_id": seed["team_id"], "name": "Runaway", "prompt_template": RUNAWAY, "model_name": "stub"}).json()
+        phase(server.url, headers, seed["expert_id"], None, 2)  # warm up
+        quiet = phase(server.url, headers, seed["expert_id"], None, args.seconds)
+        loaded = phase(server.url, headers, seed["expert_id"], runaway["id"], args.seconds)
+        for name, result in (("quiet", quiet), ("3 runaways", loaded)):
+            print(f"{name:>10}: /healthz p50 {result['healthz_p50_ms']:.1f} ms, p99 {result['healthz_p99_ms']:.1f} ms;"
+                  f" normal expert run p50 {result['run_p50_ms']:.1f} ms ({result['runs']} runs)")
+        print(f"normal run p50 change: {loaded['run_p50_ms'] - quiet['run_p50_ms']:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
