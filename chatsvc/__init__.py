@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.routing import BaseConverter
 
 from chatsvc import errors
-from chatsvc.api import request_limits
+from chatsvc.api import request_limits, security_schemes
 from chatsvc.api.schemas import ErrorSchema
 from chatsvc.config import Config, current_config  # noqa: F401  (re-exported)
 from chatsvc.extensions import db, jwt
@@ -71,6 +71,7 @@ def create_app(config: Config | None = None) -> Flask:
         # Swagger UI at /api/v1/docs, its files served by chatsvc itself (pages.py): no CDN.
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="/api/v1/docs/assets/",
+        API_SPEC_OPTIONS={"security": security_schemes.DEFAULT_SECURITY},
         JSON_SORT_KEYS=False,
     )
     db.init_app(app)
@@ -78,7 +79,9 @@ def create_app(config: Config | None = None) -> Flask:
     app.url_map.converters["run_id"] = RunIdConverter
     request_limits.init_app(app, max_json_depth=config.max_json_depth, max_body_bytes=config.max_body_bytes)
     runtime.init_app(app, config)
-    _register_blueprints(app, ChatsvcApi(app))
+    api = ChatsvcApi(app)
+    security_schemes.declare(api)
+    _register_blueprints(app, api)
     from chatsvc.security import caller
 
     caller.init_app(app)

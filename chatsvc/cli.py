@@ -124,7 +124,7 @@ def demo_data() -> None:
     """Seed the demo team, users, service, expert and workflow (idempotent); print them as JSON."""
     from chatsvc import demo
 
-    click.echo(json.dumps(demo.seed(DEMO_ADMIN, DEMO_PASSWORD), indent=2))
+    click.echo(json.dumps(demo.seed(DEMO_ADMIN, DEMO_PASSWORD, demo_key_file()), indent=2))
 
 
 @main.command()
@@ -159,6 +159,13 @@ def serve(demo_mode: bool, host: str | None, port: int | None) -> None:
     os.execvpe(sys.executable, argv, env)
 
 
+def demo_key_file() -> str:
+    """Where the demo service's key is kept between runs (see chatsvc.demo)."""
+    from flask import current_app
+
+    return os.path.join(current_app.instance_path, "demo-service-key")
+
+
 def _check_config(env: dict[str, str]) -> None:
     from chatsvc.config import Config, ConfigError
 
@@ -175,7 +182,7 @@ def _print_demo(url: str) -> None:
     app = _app()
     with app.app_context():
         db.create_all()
-        seeded = demo.seed(DEMO_ADMIN, DEMO_PASSWORD)
+        seeded = demo.seed(DEMO_ADMIN, DEMO_PASSWORD, demo_key_file())
     click.echo(f"chatsvc demo at {url}/  (sign in as {seeded['admin_email']} / {seeded['admin_password']})")
     click.echo(json.dumps(seeded, indent=2))
     click.echo("Try it:")

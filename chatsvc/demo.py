@@ -1,12 +1,16 @@
 """Demo data: a team, two users, a linked service, an expert and a diamond workflow.
 
-``seed`` is idempotent: it finds what exists and creates what is missing. The
-demo service's key is rotated on every call, because only its hash is stored
-and the caller needs a key that works.
+``seed`` is idempotent: it finds what exists and creates what is missing. Only
+the demo service key's hash is in the database, so the key itself is kept in a
+file of the instance folder (``demo-service-key``, mode 0600): a later call (a
+restart of ``chatsvc serve --demo``) prints the same key, and what it printed
+before keeps working. Without that file (or if it no longer matches) the key is
+rotated and the file written.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sqlalchemy import select
@@ -87,8 +91,25 @@ def _user(email: str, password: str, *, is_admin: bool) -> User:
     return user
 
 
-def seed(admin_email: str, password: str) -> dict[str, Any]:
-    """Create what is missing and return how to use it."""
+def _kept_key(service: Service, key_file: str | None) -> str | None:
+    if key_file is None or service.id is None or not os.path.exists(key_file):
+        return None
+    with open(key_file) as fh:
+        key = fh.read().strip()
+    return key if key and service.key_matches(key) else None
+
+
+def _keep_key(key: str, key_file: str | None) -> None:
+    if key_file is None:
+        return
+    os.makedirs(os.path.dirname(key_file), exist_ok=True)
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as fh:
+        fh.write(key + "\n")
+
+
+def seed(admin_email: str, password: str, key_file: str | None = None) -> dict[str, Any]:
+    """Create what is missing and return how to use it (the service key from ``key_file`` if it still works)."""
     admin = _user(admin_email, password, is_admin=True)
     member = _user(DEMO_MEMBER, password, is_admin=False)
     team = _get_or_add(Team, name=DEMO_TEAM)
@@ -99,7 +120,10 @@ def seed(admin_email: str, password: str) -> dict[str, Any]:
     if service is None:
         service = Service(team_id=team.id, name="demo-bot")
         db.session.add(service)
-    key = service.issue_key()
+    key = _kept_key(service, key_file)
+    if key is None:
+        key = service.issue_key()
+        _keep_key(key, key_file)
     db.session.flush()
 
     expert = _get_or_add(
@@ -109,6 +133,7 @@ def seed(admin_email: str, password: str) -> dict[str, Any]:
             "prompt_template": EXPERT_TEMPLATE,
             "model_name": "stub",
             "base": {"currency": "EUR", "style": "concise, friendly"},
+            "example_input": DEMO_INPUTS,
         },
         team_id=team.id,
         name="Trip planner",
@@ -119,6 +144,7 @@ def seed(admin_email: str, password: str) -> dict[str, Any]:
             team_id=team.id,
             name="Trip pipeline",
             description="A diamond: greet and compute stats in parallel branches, merge, ask the expert.",
+            example_input=DEMO_INPUTS,
         )
         db.session.add(workflow)
         nodes = {}
@@ -131,6 +157,9 @@ def seed(admin_email: str, password: str) -> dict[str, Any]:
         for source, target in WORKFLOW_EDGES:
             workflow.edges.append(Edge(source=nodes[source], target=nodes[target]))
         db.session.flush()
+    for item in (expert, workflow):  # demo data seeded before example inputs existed
+        if item.example_input is None:
+            item.example_input = DEMO_INPUTS
     _get_or_add(ExpertService, expert_id=expert.id, service_id=service.id)
     _get_or_add(WorkflowService, workflow_id=workflow.id, service_id=service.id)
     db.session.commit()

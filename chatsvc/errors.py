@@ -64,6 +64,10 @@ class Conflict(ApiError):
     code = 409
 
 
+class UnsupportedMediaType(ApiError):
+    code = 415
+
+
 class Unprocessable(ApiError):
     code = 422
 

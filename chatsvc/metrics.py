@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter as Tally
 from typing import Callable
+
+from flask import Flask, request
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -11,6 +14,10 @@ from prometheus_client.core import GaugeMetricFamily
 from chatsvc.runs.registry import RunInfo, RunRegistry
 
 RUN_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+STREAM_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 14400)
+STREAM_ENDPOINT = "streams.RunEvents"  # long-lived: counted and timed apart from request latency
+_STARTED_KEY = "chatsvc.request_started"
 
 
 class _RunsInRegistry:
@@ -50,6 +57,20 @@ class Metrics:
         self._queue = Gauge(
             "chatsvc_executor_queue_depth", "Runs waiting for an executor thread", registry=self.registry
         )
+        self.http_requests = Counter(
+            "chatsvc_http_requests", "HTTP requests answered, by method, route and status",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "chatsvc_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route (log streams: chatsvc_sse_stream_duration_seconds)",
+            ["method", "route"], buckets=REQUEST_BUCKETS, registry=self.registry,
+        )
+        self.streams_opened = Counter("chatsvc_sse_streams_opened", "SSE log streams opened", registry=self.registry)
+        self.stream_duration = Histogram(
+            "chatsvc_sse_stream_duration_seconds", "How long SSE log streams stayed open",
+            buckets=STREAM_BUCKETS, registry=self.registry,
+        )
         self.registry.register(_RunsInRegistry(run_registry))
 
     def watch_queue(self, queue_depth: Callable[[], int]) -> None:
@@ -64,5 +85,50 @@ class Metrics:
     def event_appended(self, level: str) -> None:
         self.events.labels(level).inc()
 
+    def request_answered(self, method: str, route: str, status: int, seconds: float, *, stream: bool) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        if not stream:
+            self.http_latency.labels(method, route).observe(seconds)
+
+    def stream_timer(self) -> "StreamTimer":
+        return StreamTimer(self)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StreamTimer:
+    """One SSE stream's open/close: the open-streams gauge, the opened counter, the duration."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._opened: float | None = None
+
+    def open(self) -> None:
+        self._opened = time.monotonic()
+        self._metrics.sse_connections.inc()
+        self._metrics.streams_opened.inc()
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._metrics.sse_connections.dec()
+            self._metrics.stream_duration.observe(time.monotonic() - self._opened)
+            self._opened = None
+
+
+def instrument(app: Flask, metrics: Metrics) -> None:
+    """Count and time every request of the app (the route's pattern, not the raw path)."""
+
+    @app.before_request
+    def start_clock() -> None:
+        request.environ[_STARTED_KEY] = time.perf_counter()
+
+    @app.after_request
+    def count(response):
+        started = request.environ.get(_STARTED_KEY)
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.request_answered(request.method, route, response.status_code, time.perf_counter() - started,
+                                     stream=request.endpoint == STREAM_ENDPOINT and response.status_code == 200)
+        return response
+

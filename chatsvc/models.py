@@ -126,6 +126,8 @@ class Expert(TimestampMixin, db.Model):
     prompt_template: Mapped[str] = mapped_column(Text)
     model_name: Mapped[str] = mapped_column(String(200), default="stub")
     base: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    #: Input params the Chat page pre-fills (optional): what a first run should send.
+    example_input: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True, default=None)
 
 
 class Workflow(TimestampMixin, db.Model):
@@ -135,6 +137,8 @@ class Workflow(TimestampMixin, db.Model):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
+    #: Starting inputs the Chat page pre-fills (optional).
+    example_input: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True, default=None)
 
     nodes: Mapped[list[Node]] = relationship(
         back_populates="workflow", cascade="all, delete-orphan", order_by="Node.id"

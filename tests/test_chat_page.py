@@ -40,7 +40,7 @@ RECORD_LOG_LINES = """() => {
     for (const m of mutations) for (const node of m.addedNodes) {
       window.__logLines.push({
         message: node.dataset.message,
-        nodeKey: (node.textContent.match(/"node_key":"([^"]+)"/) || [])[1] || null,
+        nodeKey: (node.textContent.match(/"node_key": "([^"]+)"/) || [])[1] || null,
         runStatus: document.getElementById("run-status").textContent,
         conn: document.getElementById("conn-state").textContent,
       });
@@ -221,7 +221,7 @@ def test_workflow_run_streams_live_and_ends_done(laptop_page, server, demo, expe
     page.locator("#run").click()
 
     # Live: lines arrive while the run is going (the demo's `pause` node sleeps 1 s) ...
-    pause_start = page.locator('#log .log-line[data-message="node_start"]', has_text='"node_key":"pause"')
+    pause_start = page.locator('#log .log-line[data-message="node_start"]', has_text='"node_key": "pause"')
     expect(pause_start).to_be_visible()
     # ... then the done state.
     expect(page.locator("#conn-state")).to_have_text("done")
@@ -294,6 +294,38 @@ def test_expert_run_with_keyboard_and_json_validation(phone_page, server, demo, 
     screenshot(page, "chat-expert-done-390")
 
 
+def test_the_demo_expert_runs_with_its_prefilled_example_and_no_template_warning(laptop_page, server, demo, expect):
+    page = laptop_page
+    sign_in(page, server, demo, expect)
+    choose(page, "expert", demo["expert_id"], expect)
+    expect(page.locator("#inputs")).to_have_value(re.compile(r'"city": "Lisbon"'))  # from example_input
+    expect(page.locator("#inputs-hint")).to_have_text("Valid JSON object.")
+    page.locator("#run").click()
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    expect(page.locator('#result .result-item[data-role="user"] pre')).to_contain_text("3-day trip to Lisbon")
+    expect(page.locator('#result .result-item[data-role="user"] pre')).not_to_contain_text("{{")
+    expect(page.locator("#result .result-error")).to_have_count(0)  # no "Warnings: ..." line
+    expect(page.locator('#log .log-line[data-level="warn"]')).to_have_count(0)
+
+
+def test_on_a_phone_the_log_comes_into_view_while_a_run_streams(phone_page, server, demo, expect):
+    page = phone_page
+    sign_in(page, server, demo, expect)
+    choose(page, "workflow", demo["workflow_id"], expect)
+    expect(page.locator("#inputs")).to_have_value(re.compile(r'"travellers"'))
+    expect(page.locator("#log")).not_to_be_in_viewport()  # below the form on a phone
+    page.locator("#run").click()
+    pause_start = page.locator('#log .log-line[data-message="node_start"]', has_text='"node_key": "pause"')
+    expect(pause_start).to_be_visible()
+    expect(page.locator("#run-status")).to_have_text("running")
+    expect(page.locator("#log")).to_be_in_viewport()
+    screenshot(page, "chat-workflow-streaming-390", full_page=False)
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    # Event data wraps between items, not inside a key.
+    data = page.locator('#log .log-line[data-message="node_output"] .log-data').first
+    expect(data).to_contain_text('"node_key": "start"')
+
+
 class CutFirstStream:
     """Route handler: the page's first events request gets the real events up to the `nap`
     node_start and then ends (as a dropped connection would); later requests reach the
@@ -339,7 +371,7 @@ def test_cancel_a_long_run_from_the_page_after_a_reconnect(laptop_page, server, 
     page.locator("#inputs").fill('{"question": "how long?"}')
     page.locator("#run").click()
 
-    nap_start = page.locator('#log .log-line[data-message="node_start"]', has_text='"node_key":"nap"')
+    nap_start = page.locator('#log .log-line[data-message="node_start"]', has_text='"node_key": "nap"')
     expect(nap_start).to_be_visible()
     # The first stream ended without `done`: the page says so, then EventSource resumes.
     expect(page.locator("#conn-state")).to_have_text("reconnecting", timeout=cut.RETRY_MS)

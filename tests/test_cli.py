@@ -133,19 +133,28 @@ def test_demo_data_is_idempotent_and_usable(runner, client, ctx):
     assert counts["users"] == 2 and counts["teams"] == 1 and counts["services"] == 1
     assert counts["experts"] == 1 and counts["workflows"] == 1 and counts["nodes"] >= 2
 
+    # A second run (a restart of `serve --demo`) prints the same key: what it printed before works.
     second = run_json(runner, "demo-data")
     assert row_counts() == counts
-    same = ("admin_email", "admin_password", "team_id", "service_id", "expert_id", "workflow_id")
+    same = ("admin_email", "admin_password", "team_id", "service_id", "expert_id", "workflow_id", "service_api_key")
     assert {k: second[k] for k in same} == {k: first[k] for k in same}
-    assert second["service_api_key"] != first["service_api_key"]
+    key = {"X-API-Key": second["service_api_key"]}
+    assert client.get(f"{API}/experts/{second['expert_id']}", headers=key).status_code == 200
+    assert client.get(f"{API}/workflows/{second['workflow_id']}", headers=key).status_code == 200
+    key_file = os.path.join(os.environ["CHATSVC_INSTANCE_PATH"], "demo-service-key")
+    assert oct(os.stat(key_file).st_mode & 0o777) == "0o600"
 
-    new_key, old_key = {"X-API-Key": second["service_api_key"]}, {"X-API-Key": first["service_api_key"]}
-    assert client.get(f"{API}/experts/{second['expert_id']}", headers=new_key).status_code == 200
-    assert client.get(f"{API}/workflows/{second['workflow_id']}", headers=new_key).status_code == 200
-    assert client.get(f"{API}/experts", headers=old_key).status_code == 401
+    # Without the kept key (a new instance folder) the key is rotated, and the old one stops working.
+    os.remove(key_file)
+    third = run_json(runner, "demo-data")
+    assert third["service_api_key"] != first["service_api_key"]
+    assert client.get(f"{API}/experts", headers={"X-API-Key": third["service_api_key"]}).status_code == 200
+    assert client.get(f"{API}/experts", headers=key).status_code == 401
     admin = login(client, second["admin_email"], second["admin_password"])
     rv = client.get(f"{API}/workflows/{second['workflow_id']}", headers=admin)
     assert rv.status_code == 200 and len(rv.get_json()["nodes"]) == counts["nodes"]
+    assert rv.get_json()["example_input"] and client.get(  # the Chat page pre-fills these
+        f"{API}/experts/{second['expert_id']}", headers=admin).get_json()["example_input"]
     assert client.get(f"{API}/users", headers=admin).status_code == 200
 
 

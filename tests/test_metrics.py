@@ -11,6 +11,10 @@ EXPECTED_FAMILIES = {
     "chatsvc_sse_connections": "gauge",
     "chatsvc_run_events": "counter",  # samples are chatsvc_run_events_total
     "chatsvc_executor_queue_depth": "gauge",
+    "chatsvc_http_requests": "counter",
+    "chatsvc_http_request_duration_seconds": "histogram",
+    "chatsvc_sse_streams_opened": "counter",
+    "chatsvc_sse_stream_duration_seconds": "histogram",
 }
 
 
@@ -21,8 +25,7 @@ def test_metrics_is_prometheus_text_with_chatsvc_series(client, world):
 
     rv = client.get("/metrics")
     assert rv.status_code == 200
-    assert rv.mimetype == "text/plain"
-    assert "version=0.0.4" in rv.headers["Content-Type"]
+    assert rv.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"  # one charset, not two
     text = rv.get_data(as_text=True)
     families = {f.name: f for f in text_string_to_metric_families(text)}  # raises on malformed text
     for name, kind in EXPECTED_FAMILIES.items():
@@ -42,3 +45,28 @@ def test_metrics_is_prometheus_text_with_chatsvc_series(client, world):
     assert sample("chatsvc_run_events_total", level="info") >= 3
     assert sample("chatsvc_sse_connections") == 0
     assert sample("chatsvc_executor_queue_depth") == 0
+    # Requests by route pattern and status; the stream is counted, and timed on its own.
+    run_route = "/api/v1/chat/experts:run"
+    assert sample("chatsvc_http_requests_total", method="POST", route=run_route, status="200") == 1
+    assert sample("chatsvc_http_request_duration_seconds_count", method="POST", route=run_route) == 1
+
+
+def test_streams_are_counted_and_timed_apart_from_request_latency(client, world):
+    body = client.post("/api/v1/chat/experts:run", json={"expert_id": world.expert.id, "input_params": {}},
+                       headers=world.headers["member"]).get_json()
+    rv = client.get(body["events_url"])
+    assert rv.status_code == 200 and b"event: done" in rv.get_data()
+    client.get("/api/v1/experts/999999", headers=world.headers["member"])  # a 404 is counted too
+    text = client.get("/metrics").get_data(as_text=True)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def value(name: str, **labels: str) -> float:
+        return sum(s.value for f in families.values() for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    stream_route = "/api/v1/chat/runs/<run_id:run_id>/events"
+    assert value("chatsvc_http_requests_total", route=stream_route, status="200") == 1
+    assert value("chatsvc_http_request_duration_seconds_count", route=stream_route) == 0
+    assert value("chatsvc_sse_streams_opened_total") == 1
+    assert value("chatsvc_sse_stream_duration_seconds_count") == 1
+    assert value("chatsvc_http_requests_total", route="/api/v1/experts/<int:expert_id>", status="404") == 1

@@ -198,6 +198,7 @@ def test_cancel_running_run(client, world, nap_workflow):
     rv = cancel(client, world, run_id)
     assert rv.status_code == 202
     assert rv.get_json()["run_id"] == run_id and set(rv.get_json()) >= RUN_FIELDS
+    assert rv.get_json()["cancel_requested"] is True  # the status changes at the next checkpoint
     final = wait_status(client, world, run_id, lambda s: s != "running")
     assert final["status"] == "cancelled"
     assert final["error"] == {"type": "RunCancelled", "message": "Run cancelled"}
@@ -304,6 +305,7 @@ def test_invalid_last_event_id_replays_everything(client, finished_run):
 def test_reconnect_after_done_is_204(client, finished_run, last_event_id):
     rv = client.get(finished_run["events_url"], headers={"Last-Event-ID": last_event_id})
     assert rv.status_code == 204 and rv.data == b""
+    assert "Content-Type" not in rv.headers  # no body, no type
     rv = client.get(f"{finished_run['events_url']}&last_event_id={last_event_id}")
     assert rv.status_code == 204
 

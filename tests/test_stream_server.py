@@ -416,10 +416,13 @@ def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path
         rv = httpx.post(server.url + "/api/v1/workflows", headers=admin, json={
             "team_id": seed["team_id"], "name": "Long nap",
             "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
-                      # Long enough for every run to start before the first one ends,
-                      # with room for a slow machine (1,000 starts take 25-50 s here).
-                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": nap_seconds}}],
-            "edges": [{"source": "start", "target": "nap"}]})
+                      # Long enough for every run to start before the first one ends, with
+                      # room for a slow machine (1,000 starts take 25-50 s here); a sleep
+                      # node sleeps at most 60 s, so two of them.
+                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 60}},
+                      {"key": "more", "node_type": "sleep", "metadata": {"seconds": nap_seconds - 60}}],
+            "edges": [{"source": "start", "target": "nap"}, {"source": "nap", "target": "more"}]})
+        assert rv.status_code == 201, rv.text
         workflow_id = rv.json()["id"]
 
         def start(_: int) -> str:

@@ -24,6 +24,7 @@ blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Sign i
 
 @blp.route("/login")
 class Login(MethodView):
+    @blp.doc(security=[])  # the one way in without credentials
     @blp.arguments(LoginSchema)
     @blp.response(200, TokenSchema)
     def post(self, body):

@@ -14,6 +14,7 @@ blp = Blueprint("health", __name__, description="Probes")
 
 @blp.route("/healthz")
 class Health(MethodView):
+    @blp.doc(security=[])
     @blp.response(200)
     def get(self):
         """The process is alive."""
@@ -22,6 +23,7 @@ class Health(MethodView):
 
 @blp.route("/readyz")
 class Ready(MethodView):
+    @blp.doc(security=[])
     @blp.response(200)
     def get(self):
         """The database and the run registry answer."""

@@ -7,6 +7,8 @@ from chatsvc.runs.runtime import current_runtime
 
 bp = Blueprint("pages", __name__)
 
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"  # the text format generate_latest writes
+
 
 @bp.get("/")
 def chat_page():
@@ -25,4 +27,11 @@ def swagger_ui_asset(filename: str):
 @bp.get("/metrics")
 def metrics():
     """Prometheus text format."""
-    return Response(current_runtime().metrics.render(), mimetype="text/plain; version=0.0.4; charset=utf-8")
+    # content_type, not mimetype: werkzeug would append a second "; charset=utf-8".
+    return Response(current_runtime().metrics.render(), content_type=PROMETHEUS_TEXT)
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for it on every page; the page itself links the same icon."""
+    return send_from_directory(current_app.static_folder, "favicon.svg", mimetype="image/svg+xml", max_age=86400)

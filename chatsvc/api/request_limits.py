@@ -2,9 +2,10 @@
 
 - Path ids: the ``int`` converter accepts only ids a row could have, so
   ``/teams/1/members/9223372036854775808`` is a 404 from routing, on every route.
-- JSON nesting: a body nested deeper than ``CHATSVC_MAX_JSON_DEPTH`` is a 422
-  before any view or schema sees it (Python's parser would recurse until
-  RecursionError otherwise).
+- JSON bodies: an API request whose body is not ``application/json`` is a 415
+  (rather than a body silently ignored); one nested deeper than
+  ``CHATSVC_MAX_JSON_DEPTH`` is a 422 before any view or schema sees it (Python's
+  parser would recurse until RecursionError otherwise).
 - Chunked bodies: without a Content-Length the body is read here up to
   ``CHATSVC_MAX_BODY_BYTES``; one byte more is a 413, never a body cut short.
 """
@@ -17,8 +18,11 @@ from typing import Any, Callable, Iterable
 from flask import Flask, request
 from werkzeug.routing import IntegerConverter
 
-from chatsvc.errors import Unprocessable, error_response
+from chatsvc.errors import UnsupportedMediaType, Unprocessable, error_response
 from chatsvc.models import MAX_ID
+
+
+API_PREFIX = "/api/v1/"
 
 
 class IdConverter(IntegerConverter):
@@ -47,9 +51,19 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _check_json_depth(limit: int) -> Callable[[], None]:
+def _has_body() -> bool:
+    return bool(request.content_length)  # chunked bodies have one by now (ChunkedBodyLimit)
+
+
+def _check_json_body(limit: int) -> Callable[[], None]:
     def check() -> None:
         if not request.is_json:
+            if _has_body() and request.path.startswith(API_PREFIX):
+                # curl -d sends application/x-www-form-urlencoded: say so rather than
+                # ignoring the body and reporting missing fields.
+                raise UnsupportedMediaType(
+                    f"Send the request body as JSON with 'Content-Type: application/json'"
+                    f" (got {request.mimetype or 'no Content-Type'})")
             return
         try:
             body = request.get_json(silent=True)  # cached: the view's parser reads the same body
@@ -90,5 +104,5 @@ class ChunkedBodyLimit:
 def init_app(app: Flask, *, max_json_depth: int, max_body_bytes: int) -> None:
     """Install the id converter (before any blueprint), the depth check and the body limit."""
     app.url_map.converters["int"] = IdConverter
-    app.before_request(_check_json_depth(max_json_depth))
+    app.before_request(_check_json_body(max_json_depth))
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, app, max_body_bytes)  # type: ignore[method-assign]

@@ -138,6 +138,12 @@ class ServiceUpdateSchema(Schema):
 # --- experts --------------------------------------------------------------
 
 
+# Optional on experts and workflows: the JSON object the Chat page pre-fills as the run's input.
+EXAMPLE_INPUT = fields.Dict(keys=fields.String(), allow_none=True, load_default=None,
+                            metadata={"description": "Example input params / starting inputs (a JSON object) "
+                                                     "that the Chat page pre-fills"})
+
+
 class ExpertSchema(Schema):
     id = fields.Integer(dump_only=True)
     team_id = Reference(required=True)
@@ -146,6 +152,7 @@ class ExpertSchema(Schema):
     prompt_template = fields.String(required=True, validate=validate.Length(min=1, max=200_000))
     model_name = fields.String(load_default="stub", validate=NAME)
     base = fields.Dict(keys=fields.String(), load_default=dict)
+    example_input = EXAMPLE_INPUT
     created_at = Timestamp(dump_only=True)
     updated_at = Timestamp(dump_only=True)
 
@@ -156,6 +163,7 @@ class ExpertUpdateSchema(Schema):
     prompt_template = fields.String(validate=validate.Length(min=1, max=200_000))
     model_name = fields.String(validate=NAME)
     base = fields.Dict(keys=fields.String())
+    example_input = EXAMPLE_INPUT
 
 
 # --- workflows ------------------------------------------------------------
@@ -189,6 +197,7 @@ class WorkflowSchema(Schema):
     description = fields.String(load_default="", validate=validate.Length(max=10_000))
     nodes = fields.List(fields.Nested(NodeSchema), load_default=list, validate=GRAPH_LIMIT)
     edges = fields.List(fields.Nested(EdgeSchema), load_default=list, validate=GRAPH_LIMIT)
+    example_input = EXAMPLE_INPUT
     created_at = Timestamp(dump_only=True)
     updated_at = Timestamp(dump_only=True)
 
@@ -200,6 +209,7 @@ class WorkflowOutSchema(WorkflowSchema):
 class WorkflowUpdateSchema(Schema):
     name = fields.String(validate=NAME)
     description = fields.String(validate=validate.Length(max=10_000))
+    example_input = EXAMPLE_INPUT
     nodes = fields.List(fields.Nested(NodeSchema), validate=GRAPH_LIMIT)
     edges = fields.List(fields.Nested(EdgeSchema), validate=GRAPH_LIMIT)
 
@@ -236,6 +246,7 @@ class RunSchema(Schema):
     event_count = fields.Integer()
     result = fields.Raw()
     error = fields.Dict()
+    cancel_requested = fields.Boolean(metadata={"description": "Present (true) while a requested cancel is under way"})
     events_url = fields.String()
     status_url = fields.String()
 

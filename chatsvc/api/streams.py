@@ -17,6 +17,7 @@ from chatsvc.security.caller import caller_for_key, get_caller, has_credentials
 from chatsvc.security.permissions import can_see_run
 
 from .schemas import ErrorSchema
+from .security_schemes import DEFAULT_SECURITY
 
 blp = Blueprint("streams", __name__, url_prefix="/api/v1/chat", description="Live run logs (SSE)")
 
@@ -65,9 +66,7 @@ def stream_events(
 
 # The query is read straight from request.args: this view is opened by every
 # subscriber, and schema-based parsing was a sixth of the cost of an open.
-STREAM_QUERY_PARAMETERS = [
-    {"in": "query", "name": "token", "required": False, "schema": {"type": "string"},
-     "description": "Stream token from `events_url` (for EventSource, which cannot send headers)"},
+STREAM_QUERY_PARAMETERS = [  # `token` is documented as the streamToken security scheme
     {"in": "query", "name": "last_event_id", "required": False, "schema": {"type": "string"},
      "description": "Resume after this seq (or send the `Last-Event-ID` header)"},
 ]
@@ -75,7 +74,7 @@ STREAM_QUERY_PARAMETERS = [
 
 @blp.route("/runs/<run_id:run_id>/events")
 class RunEvents(MethodView):
-    @blp.doc(parameters=STREAM_QUERY_PARAMETERS)
+    @blp.doc(parameters=STREAM_QUERY_PARAMETERS, security=[*DEFAULT_SECURITY, {"streamToken": []}])
     @blp.alt_response(200, description="`text/event-stream`: log events, pings, then `done`", success=True)
     @blp.alt_response(204, description="Already sent `done` (Last-Event-ID): stop reconnecting")
     @blp.alt_response(401, schema=ErrorSchema, description="No, invalid or expired credentials or token")
@@ -103,15 +102,17 @@ class RunEvents(MethodView):
             raise NotFound(f"Run {run_id} not found")
         after_seq = parse_last_event_id(request.headers.get("Last-Event-ID") or args.get("last_event_id"))
         if info.finished and info.done_seq is not None and after_seq >= info.done_seq:
-            return Response(status=204)  # tells EventSource to stop reconnecting
-        metrics = runtime.metrics
+            done = Response(status=204)  # tells EventSource to stop reconnecting
+            del done.headers["Content-Type"]  # no body, so no type (werkzeug would say text/html)
+            return done
+        timer = runtime.metrics.stream_timer()
         stream = stream_events(
             runtime.registry,
             run_id,
             after_seq,
             runtime.config.sse_heartbeat_seconds,
-            on_open=metrics.sse_connections.inc,
-            on_close=metrics.sse_connections.dec,
+            on_open=timer.open,
+            on_close=timer.close,
         )
         # direct_passthrough: the server iterates our generator itself, without
         # werkzeug's two wrapping iterators (a cost on every write of every stream).

@@ -68,7 +68,8 @@ class Workflows(MethodView):
         require_team_admin(get_caller(), team_id)
         nodes = _node_docs(body["nodes"])
         check_graph(team_id, nodes, body["edges"], expert_team_id)
-        workflow = Workflow(team_id=team_id, name=body["name"], description=body["description"])
+        workflow = Workflow(team_id=team_id, name=body["name"], description=body["description"],
+                            example_input=body["example_input"])
         db.session.add(workflow)
         _replace_graph(workflow, nodes, body["edges"])
         db.session.commit()
@@ -87,7 +88,7 @@ class WorkflowItem(MethodView):
     def patch(self, body, workflow_id):
         """Change a workflow; `nodes` and `edges` replace the graph (send both, or one to keep the other)."""
         workflow = manageable(get_caller(), get_or_404(Workflow, workflow_id))
-        for name in ("name", "description"):
+        for name in ("name", "description", "example_input"):
             if name in body:
                 setattr(workflow, name, body[name])
         if "nodes" in body or "edges" in body:

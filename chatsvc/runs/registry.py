@@ -101,6 +101,8 @@ class RunInfo:
             body["result"] = self.result
         if self.error is not None:
             body["error"] = self.error
+        if self.cancel_requested and not self.finished:
+            body["cancel_requested"] = True  # a cancel is under way; the status changes at the next checkpoint
         return body
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from flask import Flask, current_app
 
 from chatsvc.config import Config
-from chatsvc.metrics import Metrics
+from chatsvc.metrics import Metrics, instrument
 from chatsvc.runs.backends import create_registry
 from chatsvc.runs.executor import RunExecutor, default_workers
 from chatsvc.runs.logger import RunLogger
@@ -83,6 +83,7 @@ def init_app(app: Flask, config: Config) -> Runtime:
     # Evaluator processes of this server process; they exit with it (their stdin closes).
     jsonata_pool.configure(size=config.jsonata_workers, memory_mb=config.jsonata_memory_mb)
     app.extensions[EXTENSION_KEY] = runtime
+    instrument(app, runtime.metrics)
     app.extensions["chatsvc.shutdown"] = runtime.shutdown
     return runtime
 

@@ -194,7 +194,15 @@ function fillTargets() {
   $("inputs-label").textContent = kind === "expert" ? "Input params (JSON object)" : "Starting inputs (JSON object)";
   $("base-field").hidden = kind !== "expert";
   showTargetInfo();
+  prefillInputs();
   validateForm();
+}
+
+// The selected expert's or workflow's example input, so a first run sends something useful.
+function prefillInputs() {
+  const item = selectedItem();
+  const example = item && item.example_input;
+  $("inputs").value = example && typeof example === "object" ? JSON.stringify(example, null, 2) : "{}";
 }
 
 function showTargetInfo() {
@@ -368,6 +376,14 @@ async function startRun(event) {
   updateButtons();
 }
 
+// On a narrow screen the log column sits below the form: show it while the run goes.
+function bringLogIntoView() {
+  const column = document.querySelector(".log-col");
+  const rect = column.getBoundingClientRect();
+  if (rect.top >= 0 && rect.top < window.innerHeight * 0.5) return; // already in view
+  column.scrollIntoView({ block: "start", behavior: "smooth" });
+}
+
 function openStream(kind, accepted) {
   const run = {
     id: accepted.run_id,
@@ -382,6 +398,7 @@ function openStream(kind, accepted) {
   $("run-id").textContent = `(${run.id})`;
   setRunStatus(accepted.status || "queued");
   setConn("connecting");
+  bringLogIntoView();
 
   const es = new EventSource(accepted.events_url);
   run.es = es;
@@ -579,6 +596,24 @@ function appendStream(text) {
   stream.scrollTop = stream.scrollHeight;
 }
 
+// Compact JSON with a space after each comma and colon outside strings, so long data
+// wraps between items, not in the middle of a key or value.
+function readableJson(value) {
+  let out = "";
+  let inString = false;
+  let escaped = false;
+  for (const ch of JSON.stringify(value)) {
+    out += ch;
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (ch === "\\") escaped = true;
+      else if (ch === '"') inString = false;
+    } else if (ch === '"') inString = true;
+    else if (ch === "," || ch === ":") out += " ";
+  }
+  return out;
+}
+
 function appendLogLine(event) {
   const log = $("log");
   const line = el("div", "log-line");
@@ -589,7 +624,7 @@ function appendLogLine(event) {
   line.append(el("time", "log-time", formatTime(event.ts)), el("span", "log-level", level),
     el("span", "log-message", event.message || ""));
   if (event.data && Object.keys(event.data).length) {
-    const full = JSON.stringify(event.data);
+    const full = readableJson(event.data);
     const data = el("span", "log-data", full.length > MAX_DATA_CHARS ? `${full.slice(0, MAX_DATA_CHARS)}…` : full);
     data.title = full;
     line.append(data);
@@ -702,6 +737,7 @@ function init() {
   $("kind-workflow").addEventListener("change", fillTargets);
   $("target").addEventListener("change", () => {
     showTargetInfo();
+    prefillInputs();
     validateForm();
   });
   for (const id of ["inputs", "base"]) {
