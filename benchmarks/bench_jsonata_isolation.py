@@ -83,9 +83,7 @@ def main() -> None:
     env = {"CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER": "1000"}
     with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
         seed = server.seed()
-        token = httpx.post(server.url + "/api/v1/auth/login", json={
-            "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = server.admin_headers(seed)
         runaway = httpx.post(server.url + "/api/v1/experts", headers=headers, json={
             "team_id": seed["team_id"], "name": "Runaway", "prompt_template": RUNAWAY, "model_name": "stub"}).json()
         phase(server.url, headers, seed["expert_id"], None, 2)  # warm up

@@ -54,8 +54,8 @@ def main() -> None:
     reg = RedisRunRegistry(args.url, prefix=prefix, max_events_per_run=100_000, max_live_runs=100_000)
     raw = redis.Redis.from_url(args.url)
     try:
-        print(f"| events | event size | run hash | event stream | total | event JSON bytes |")
-        print(f"|---:|---|---:|---:|---:|---:|")
+        print("| events | event size | run hash | event stream | total | event JSON bytes |")
+        print("|---:|---|---:|---:|---:|---:|")
         for name, make in (("typical (~130 B)", typical), ("chatty (~1.1 KB)", chatty)):
             for count in (0, args.events) if name.startswith("typical") else (args.events,):
                 h, s, wire = measure(reg, raw, count, make)

@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -60,17 +59,14 @@ def main() -> None:
             "hello_app:app"]).start()
         try:
             seed = chatsvc.seed()
-            token = httpx.post(chatsvc.url + "/api/v1/auth/login", json={
-                "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]
+            admin = chatsvc.admin_headers(seed)
             body = {"expert_id": seed["expert_id"], "input_params": DEMO_INPUTS, "mode": args.mode}
-            probe = httpx.post(chatsvc.url + "/api/v1/chat/experts:run", json=body,
-                               headers={"Authorization": f"Bearer {token}"})
+            probe = httpx.post(chatsvc.url + "/api/v1/chat/experts:run", json=body, headers=admin)
             assert probe.status_code in (200, 202), probe.text
             ratios = []
             for n in range(args.rounds):
                 base = wrk(hello.url + "/hello", {"name": "x"}, {}, args.seconds)
-                runs = wrk(chatsvc.url + "/api/v1/chat/experts:run", body,
-                           {"Authorization": f"Bearer {token}"}, args.seconds)
+                runs = wrk(chatsvc.url + "/api/v1/chat/experts:run", body, admin, args.seconds)
                 ratios.append(runs / base)
                 print(f"round {n + 1}: hello {base:8.0f} req/s   experts:run {args.mode} {runs:7.0f} req/s"
                       f"   ratio {runs / base:.2f}", flush=True)

@@ -49,9 +49,7 @@ def main() -> None:
     env = {"CHATSVC_WORKER_CONNECTIONS": str(args.streams + 1000)}
     with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
         seed = server.seed()
-        token = httpx.post(server.url + "/api/v1/auth/login", json={
-            "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = server.admin_headers(seed)
         workflow = httpx.post(server.url + "/api/v1/workflows", headers=headers, json={
             "team_id": seed["team_id"], "name": "nap",
             "nodes": [{"key": "start", "node_type": "input", "metadata": {}},

@@ -6,10 +6,9 @@ from sqlalchemy import func, select
 
 from chatsvc.errors import Conflict, NotFound, Unprocessable
 from chatsvc.extensions import db
-from chatsvc.models import Membership, Service, Team, User
+from chatsvc.models import MIN_PASSWORD_LENGTH, Membership, Service, Team, User
 from chatsvc.security.caller import issue_token
 
-MIN_PASSWORD_LENGTH = 8
 
 
 def find_user(email: str) -> User | None:

@@ -25,17 +25,18 @@ def _app():
 
 
 def with_app(func: Callable) -> Callable:
-    """Run the command inside an app context with the tables created."""
+    """Run the command inside an app context, with the database at the newest schema."""
 
     def wrapper(*args, **kwargs):
         from sqlalchemy.exc import IntegrityError
 
+        from chatsvc import schema
         from chatsvc.errors import ApiError
         from chatsvc.extensions import db
 
         app = _app()
         with app.app_context():
-            db.create_all()
+            schema.upgrade(db.engine)
             try:
                 return func(*args, **kwargs)
             except ApiError as exc:  # the API's errors, told as a one-line message, not a traceback
@@ -67,7 +68,7 @@ def main() -> None:
 @main.command("init-db")
 @with_app
 def init_db() -> None:
-    """Create the database tables (safe to run again)."""
+    """Create or upgrade the database schema to the newest migration (safe to run again)."""
     click.echo("database ready")
 
 
@@ -176,12 +177,12 @@ def _check_config(env: dict[str, str]) -> None:
 
 
 def _print_demo(url: str) -> None:
-    from chatsvc import demo
+    from chatsvc import demo, schema
     from chatsvc.extensions import db
 
     app = _app()
     with app.app_context():
-        db.create_all()
+        schema.upgrade(db.engine)
         seeded = demo.seed(DEMO_ADMIN, DEMO_PASSWORD, demo_key_file())
     click.echo(f"chatsvc demo at {url}/  (sign in as {seeded['admin_email']} / {seeded['admin_password']})")
     click.echo(json.dumps(seeded, indent=2))

@@ -17,6 +17,7 @@ from chatsvc.extensions import db
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON elsewhere.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+MIN_PASSWORD_LENGTH = 8  # the API's schemas and accounts.create_user (the CLI) both enforce it
 
 ROLES = ("member", "admin")
 API_KEY_PREFIX_LEN = 8

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from werkzeug.security import generate_password_hash
 
-from chatsvc import create_app
+from chatsvc import create_app, schema
 from chatsvc.config import Config
 from chatsvc.extensions import db
 from chatsvc.models import (
@@ -74,7 +74,7 @@ def app(make_config, config_overrides) -> Iterator:
     with app.app_context():
         if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
             db.drop_all()
-        db.create_all()
+        schema.create_current(db.engine)
     yield app
     shutdown = app.extensions.get("chatsvc.shutdown")
     if shutdown:

@@ -65,6 +65,13 @@ class LiveServer:
     def seed(self) -> dict[str, Any]:
         return json.loads(self.cli("demo-data"))
 
+    def admin_headers(self, seed: dict[str, Any]) -> dict[str, str]:
+        """A bearer header for the demo admin that ``seed()`` returned."""
+        rv = httpx.post(self.url + "/api/v1/auth/login", timeout=10,
+                        json={"email": seed["admin_email"], "password": seed["admin_password"]})
+        assert rv.status_code == 200, rv.text
+        return {"Authorization": f"Bearer {rv.json()['access_token']}"}
+
     def start(self) -> "LiveServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cli("init-db")

@@ -31,6 +31,7 @@ LONG_SLEEP_SECONDS = 20
 # Colours of chat.css's log panel (--log-info, --log-warn), as getComputedStyle reports them.
 LOG_INFO_RGB = "rgb(121, 192, 255)"
 LOG_WARN_RGB = "rgb(227, 179, 65)"
+MUTED_RGB = "rgb(87, 96, 106)"  # --muted: a cancel is a neutral end, not an error
 
 # Records, for every line appended to the log, what #run-status and #conn-state said at
 # that moment: proof that lines arrived while the run was still going.
@@ -397,6 +398,8 @@ def test_cancel_a_long_run_from_the_page_after_a_reconnect(laptop_page, server, 
     screenshot(page, "chat-workflow-cancelled-1280")
 
     expect(page.locator("#error")).to_be_hidden()  # a cancel the user asked for is no error
+    expect(page.locator("#run-ended")).to_have_text("Cancelled, as you asked.")
+    expect(page.locator('#steps .step[data-key="nap"] .step-note')).to_have_css("color", MUTED_RGB)
     # The server resumed after Last-Event-ID: the browser received every event exactly once,
     # in order (a replay from the start would repeat 1..last_seq), and the page shows each once.
     received = [int(i) for i in page.evaluate("window.__sseIds")]

@@ -31,9 +31,7 @@ pytestmark = pytest.mark.server
 def server(tmp_path_factory):
     with LiveServer(tmp_path_factory.mktemp("jsonata-isolation")) as live:
         seed = live.seed()
-        token = httpx.post(live.url + "/api/v1/auth/login", json={
-            "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = live.admin_headers(seed)
         expert = httpx.post(live.url + "/api/v1/experts", headers=headers, json={
             "team_id": seed["team_id"], "name": "Backtracker", "prompt_template": CATASTROPHIC_TEMPLATE,
             "model_name": "stub"}).json()

@@ -64,8 +64,7 @@ def start_hosts(tmp_path: Path, url: str, prefix: str, **env: str) -> tuple[Live
 
 def make_hosts(a: LiveServer, b: LiveServer) -> Hosts:
     seed = a.seed()
-    rv = httpx.post(a.url + "/api/v1/auth/login", json={"email": seed["admin_email"], "password": seed["admin_password"]})
-    admin = {"Authorization": f"Bearer {rv.json()['access_token']}"}
+    admin = a.admin_headers(seed)
     rv = httpx.post(b.url + "/api/v1/workflows", headers=admin, json={
         "team_id": seed["team_id"], "name": "Nap",
         "nodes": [{"key": "start", "node_type": "input", "metadata": {}},

@@ -50,10 +50,7 @@ def live(tmp_path_factory) -> Live:
     with LiveServer(tmp_path_factory.mktemp("stream-server"),
                     env={"CHATSVC_SSE_HEARTBEAT_SECONDS": "1"}) as server:
         seed = server.seed()
-        rv = httpx.post(server.url + "/api/v1/auth/login",
-                        json={"email": seed["admin_email"], "password": seed["admin_password"]})
-        assert rv.status_code == 200, rv.text
-        admin = {"Authorization": f"Bearer {rv.json()['access_token']}"}
+        admin = server.admin_headers(seed)
         rv = httpx.post(server.url + "/api/v1/workflows", headers=admin, json={
             "team_id": seed["team_id"], "name": "Nap",
             "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
@@ -411,8 +408,7 @@ def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path
     # the executor, queue and live-run limits are the defaults.
     with LiveServer(tmp_path, env={"CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER": "100000"}) as server:
         seed = server.seed()
-        admin = {"Authorization": "Bearer " + httpx.post(server.url + "/api/v1/auth/login", json={
-            "email": seed["admin_email"], "password": seed["admin_password"]}).json()["access_token"]}
+        admin = server.admin_headers(seed)
         rv = httpx.post(server.url + "/api/v1/workflows", headers=admin, json={
             "team_id": seed["team_id"], "name": "Long nap",
             "nodes": [{"key": "start", "node_type": "input", "metadata": {}},

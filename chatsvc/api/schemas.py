@@ -11,9 +11,12 @@ from datetime import timezone
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from chatsvc.models import MAX_ID, ROLES
+from chatsvc.models import MAX_ID, MIN_PASSWORD_LENGTH, ROLES
 
 NAME = validate.Length(min=1, max=200)
+
+
+PASSWORD = validate.Length(min=MIN_PASSWORD_LENGTH, max=1024)
 
 
 class Timestamp(fields.DateTime):
@@ -65,14 +68,14 @@ class TokenSchema(Schema):
 class UserSchema(Schema):
     id = fields.Integer(dump_only=True)
     email = fields.Email(required=True, validate=validate.Length(max=320))
-    password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=1024))
+    password = fields.String(required=True, load_only=True, validate=PASSWORD)
     is_admin = fields.Boolean(load_default=False)
     created_at = Timestamp(dump_only=True)
     updated_at = Timestamp(dump_only=True)
 
 
 class UserUpdateSchema(Schema):
-    password = fields.String(load_only=True, validate=validate.Length(min=8, max=1024))
+    password = fields.String(load_only=True, validate=PASSWORD)
     is_admin = fields.Boolean()
 
 

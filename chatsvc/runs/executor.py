@@ -166,7 +166,7 @@ class RunExecutor:
         with self._lock:
             info = self.registry.get(run_id)
             ended_in_queue = info is not None and info.status == "queued" and self.logger.finish(
-                run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
+                run_id, "cancelled", error=cancelled_error(), duration_ms=0)
         if ended_in_queue:
             # Not started yet: it is over now (the registry freed its caller slot), so wake
             # wait(); the worker that dequeues it later sees it finished and skips it.
@@ -220,7 +220,7 @@ class RunExecutor:
             if not runnable:
                 return  # already finished: cancelled or timed out while queued
             if ctx.cancelled:
-                self.logger.finish(run_id, "cancelled", error=_cancelled_error(), duration_ms=0)
+                self.logger.finish(run_id, "cancelled", error=cancelled_error(), duration_ms=0)
                 return
             self.logger.log_info(run_id, "run_started", kind=info.kind, target_id=info.target_id)
             outcome = self._run_job(job, ctx)
@@ -242,7 +242,7 @@ class RunExecutor:
         try:
             outcome = job(ctx)
         except RunCancelled:
-            return RunOutcome("cancelled", error=_cancelled_error())
+            return RunOutcome("cancelled", error=cancelled_error())
         except Exception as exc:
             ctx.log_error("run_error", exc=exc)
             return RunOutcome("failed", error={"type": type(exc).__name__, "message": str(exc)})
@@ -277,7 +277,8 @@ def shutting_down_error(message: str = "the server shut down before the run fini
     return {"type": "ShuttingDown", "message": message}
 
 
-def _cancelled_error() -> dict[str, str]:
+def cancelled_error() -> dict[str, str]:
+    """The error of a run that ended because it was cancelled (the executor's and the jobs')."""
     return {"type": "RunCancelled", "message": "Run cancelled"}
 
 

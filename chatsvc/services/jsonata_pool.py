@@ -150,6 +150,8 @@ class EvaluatorPool:
                                  separators=(",", ":")).encode() + b"\n"
         except (TypeError, ValueError) as exc:
             return [ExpressionError(f"evaluation error: input is not JSON: {exc}")] * len(exprs)
+        except RecursionError:
+            return [ExpressionError("evaluation error: input nested too deeply")] * len(exprs)
         child = self._acquire(timeout_ms / 1000)
         if child is None:
             return [timeout]  # no child free in time: this expression timed out waiting

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from chatsvc.runs.executor import RunCancelled, RunContext, RunOutcome
+from chatsvc.runs.executor import RunCancelled, RunContext, RunOutcome, cancelled_error
 from chatsvc.services.dag import Graph, InputResolver, NodeSpec
 from chatsvc.services.expert_runner import ExpertSnapshot, run_expert
 from chatsvc.services.llm import LLMProvider
@@ -104,7 +104,7 @@ class WorkflowJob:
             resolver.record_output(node.id, None)
             duration = _ms(self.clock() - started)
             ctx.log_warn("node_cancelled", node_id=node.id, node_key=node.key, duration_ms=duration)
-            return _step(node, "cancelled", duration_ms=duration, error=_cancel_error())
+            return _step(node, "cancelled", duration_ms=duration, error=cancelled_error())
         except Exception as exc:
             resolver.record_output(node.id, None)
             duration = _ms(self.clock() - started)
@@ -129,10 +129,6 @@ def _step(node: NodeSpec, status: str, *, output: Any = None, duration_ms: int =
     if error is not None:
         step["error"] = error
     return step
-
-
-def _cancel_error() -> dict[str, str]:
-    return {"type": "RunCancelled", "message": "Run cancelled"}
 
 
 def _ms(seconds: float) -> int:

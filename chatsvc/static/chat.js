@@ -659,7 +659,13 @@ function finishRun(run, done) {
   appendLogLine({ ts: Date.now() / 1000, level, message: "done", data: { status: done.status } });
   settleSteps(run, done);
   renderResult(done.result);
-  // A cancel is what the user asked for: the status and the steps say it, no error banner.
+  // A cancel is what the user asked for: a neutral note, the status and the steps say it, no error banner.
+  if (done.status === "cancelled") {
+    const note = el("p", "run-ended", run.cancelRequested ? "Cancelled, as you asked." : "Run cancelled.");
+    note.id = "run-ended";
+    note.setAttribute("role", "status");
+    $("result").prepend(note);
+  }
   if (done.error && done.status !== "cancelled") showError(`Run ${done.status}: ${errorText(done.error)}`);
   updateButtons();
 }
