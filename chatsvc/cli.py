@@ -128,7 +128,10 @@ def demo_data() -> None:
     click.echo(json.dumps(demo.seed(DEMO_ADMIN, DEMO_PASSWORD, demo_key_file()), indent=2))
 
 
-@main.command()
+@main.command(epilog=(
+    "Several hosts: give each the same CHATSVC_DATABASE_URL, CHATSVC_JWT_SECRET and "
+    "CHATSVC_REGISTRY_URL=redis://host:6379/0, then run `chatsvc serve --host 0.0.0.0` on each; "
+    "with Redis every host runs CHATSVC_WORKERS workers (default: CPU count) and serves every run."))
 @click.option("--demo", "demo_mode", is_flag=True, help="Development env, SQLite and demo data.")
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default 8000).")

@@ -114,3 +114,28 @@ def test_an_evaluator_killed_mid_evaluation_fails_only_that_evaluation(server):
     rv = httpx.post(live.url + CHAT + "/experts:run", headers=headers, timeout=10, json={
         "expert_id": expert_id, "input_params": {"s": "aaa", "who": "Grace"}, "mode": "sync"})
     assert rv.status_code == 200 and rv.json()["warnings"] == []
+
+
+@pytest.fixture
+def threaded_server(app):
+    """The test app under werkzeug's threaded server: each request and run on an OS thread."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="threaded-wsgi", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_the_same_under_a_threaded_server(threaded_server, world, make_expert):
+    expert = make_expert(world.team, prompt_template=CATASTROPHIC_TEMPLATE)
+    started = time.monotonic()
+    rv = httpx.post(threaded_server + CHAT + "/experts:run", headers=world.headers["member"], timeout=10,
+                    json={"expert_id": expert.id, "input_params": EVIL, "mode": "sync"})
+    assert rv.status_code == 200, rv.text
+    assert time.monotonic() - started < 3
+    [warning] = rv.json()["warnings"]
+    assert warning["reason"] == "timeout: expression exceeded 0.5 s"
+    assert rv.json()["messages"][0]["content"].endswith("for Ada")
