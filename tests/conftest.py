@@ -7,6 +7,7 @@ is absent, and fail instead when ``CHATSVC_TEST_STRICT=1`` (as in CI).
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from click.testing import CliRunner
 from werkzeug.security import generate_password_hash
+from werkzeug.serving import make_server
 
 from chatsvc import create_app, schema
 from chatsvc.config import Config
@@ -225,3 +227,14 @@ def runner(make_config, monkeypatch) -> CliRunner:
     monkeypatch.setenv("CHATSVC_INSTANCE_PATH", config.instance_path)
     monkeypatch.delenv("CHATSVC_ENV", raising=False)
     return CliRunner()
+
+
+@pytest.fixture
+def threaded_server(app):
+    """The test app served by werkzeug's threaded server in a background thread (each request on an OS thread)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="threaded-wsgi", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)

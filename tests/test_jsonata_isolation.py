@@ -116,19 +116,6 @@ def test_an_evaluator_killed_mid_evaluation_fails_only_that_evaluation(server):
     assert rv.status_code == 200 and rv.json()["warnings"] == []
 
 
-@pytest.fixture
-def threaded_server(app):
-    """The test app under werkzeug's threaded server: each request and run on an OS thread."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="threaded-wsgi", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-
-
 def test_the_same_under_a_threaded_server(threaded_server, world, make_expert):
     expert = make_expert(world.team, prompt_template=CATASTROPHIC_TEMPLATE)
     started = time.monotonic()

@@ -21,7 +21,6 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 from prometheus_client.parser import text_string_to_metric_families
-from werkzeug.serving import make_server
 
 from tests.live_server import LiveServer
 from tests.run_helpers import poll
@@ -321,17 +320,6 @@ def test_many_idle_streams_on_one_gevent_worker(live):
 
 
 # --- a plain threaded WSGI server (no gevent) -------------------------------------------------
-
-
-@pytest.fixture
-def threaded_server(app):
-    """The test app served by werkzeug's threaded server in a background thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="threaded-wsgi", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
 
 
 def test_stream_under_a_threaded_wsgi_server(threaded_server, world, make_workflow):
