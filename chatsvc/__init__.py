@@ -12,12 +12,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.routing import BaseConverter
 
-from chatsvc import errors
+from chatsvc import errors, runtime
 from chatsvc.api import request_limits, security_schemes
 from chatsvc.api.schemas import ErrorSchema
 from chatsvc.config import Config, current_config  # noqa: F401  (re-exported)
 from chatsvc.extensions import db, jwt
-from chatsvc.runs import runtime
 
 
 class ChatsvcApi(Api):

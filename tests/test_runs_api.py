@@ -10,7 +10,7 @@ import itsdangerous.timed
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatsvc.runs.runtime import EXTENSION_KEY
+from chatsvc.runtime import EXTENSION_KEY
 from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done, encode_log_event
 from tests.run_helpers import parse_sse, poll, read_events
 

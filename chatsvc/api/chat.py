@@ -13,7 +13,7 @@ from chatsvc.extensions import db
 from chatsvc.models import Expert, Workflow
 from chatsvc.runs.executor import RunContext, RunOutcome
 from chatsvc.runs.registry import RunInfo
-from chatsvc.runs.runtime import current_runtime
+from chatsvc.runtime import current_runtime
 from chatsvc.security.caller import Caller, authenticate, get_caller
 from chatsvc.security.guardrails import ensure_service_can_use_expert
 from chatsvc.security.permissions import can_see_run, expert_for_use, workflow_for_use

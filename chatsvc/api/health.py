@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from chatsvc.errors import ServiceUnavailable
 from chatsvc.extensions import db
-from chatsvc.runs.runtime import current_runtime
+from chatsvc.runtime import current_runtime
 
 blp = Blueprint("health", __name__, description="Probes")
 

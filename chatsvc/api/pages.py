@@ -3,7 +3,7 @@
 from flask import Blueprint, Response, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from chatsvc.runs.runtime import current_runtime
+from chatsvc.runtime import current_runtime
 
 bp = Blueprint("pages", __name__)
 

@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 
 from chatsvc.errors import NotFound, Unauthorized
 from chatsvc.runs.registry import RegistryUnavailable, RunNotFound, RunRegistry
-from chatsvc.runs.runtime import current_runtime
+from chatsvc.runtime import current_runtime
 from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
 from chatsvc.security.caller import caller_for_key, get_caller, has_credentials
 from chatsvc.security.permissions import can_see_run

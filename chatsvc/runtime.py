@@ -1,7 +1,10 @@
-"""The per-app run runtime: registry, logger, executor, LLM provider and stream tokens.
+"""The app-wide container: run registry, logger, executor, LLM provider, stream tokens, metrics.
 
-Created once in ``create_app`` (so in each gunicorn worker, after the fork and
-after gevent patched threading) and kept in ``app.extensions``.
+It wires ``runs/`` (registry, executor), ``services/`` (LLM provider, JSONata
+evaluators) and ``metrics`` together, so it sits above all of them; views reach it
+with ``current_runtime()``. Created once in ``create_app`` (so in each gunicorn
+worker, after the fork and after gevent patched threading) and kept in
+``app.extensions``.
 """
 
 from __future__ import annotations

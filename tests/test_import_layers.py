@@ -1,0 +1,102 @@
+"""Imports flow one way between chatsvc's packages, as docs/architecture.md draws them.
+
+Reads every module's top-level imports (not those inside functions or under
+TYPE_CHECKING), groups modules by their part of the package (``runs``, ``services``,
+``api``, a top-level module such as ``metrics``), and fails on any cycle between parts.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "chatsvc"
+
+
+def part_of(module: str) -> str | None:
+    """``chatsvc.runs.registry`` -> ``runs``; ``chatsvc.metrics`` -> ``metrics``; the root -> None."""
+    pieces = module.split(".")
+    if pieces[0] != "chatsvc" or len(pieces) == 1:
+        return None
+    return pieces[1]
+
+
+def is_part(name: str) -> bool:
+    """A subpackage or a top-level module (not a name re-exported by the root, like ``create_app``)."""
+    return (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").exists()
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(relative.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from chatsvc import errors`
+    return found
+
+
+def layer_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        source = part_of(module_name(path))
+        if source is None:
+            continue
+        for imported in top_level_imports(path):
+            target = part_of(imported)
+            if target is not None and target != source and is_part(target):
+                graph.setdefault(source, set()).add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return visiting[visiting.index(node):] + [node]
+        if node in done:
+            return None
+        visiting.append(node)
+        for target in sorted(graph.get(node, ())):
+            if cycle := visit(target):
+                return cycle
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if cycle := visit(start):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_between_the_parts_of_chatsvc():
+    graph = layer_graph()
+    assert graph, "no imports found: the test reads nothing"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle between parts of chatsvc: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"runs": {"services"}, "services": {"metrics"}, "metrics": {"runs"}}) == [
+        "metrics", "runs", "services", "metrics"]
+    assert find_cycle({"api": {"runs"}, "runs": set()}) is None
