@@ -33,7 +33,13 @@ from chatsvc.services.jsonata_eval import ExpressionError
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 0.1  # beyond an expression's own limit, for the round trip, before the kill
-DEMOTE_AFTER_SECONDS = 0.05  # an evaluation still running after this yields the CPU to everyone else
+# An evaluation still running is checked every DEMOTE_CHECK_SECONDS; once it has kept a CPU
+# busy for BUSY_SHARE of a whole check interval it yields the CPU to everyone else (nice 19).
+# An evaluation that is merely slow because the machine is busy (waiting, not computing)
+# keeps its priority, and its child stays in the pool.
+DEMOTE_CHECK_SECONDS = 0.05
+BUSY_SHARE = 0.4
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 STARTUP_SECONDS = 15  # a new evaluator must say "ready" within this
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsonata_worker.py")
 DEFAULT_WORKERS = 4
@@ -89,6 +95,28 @@ class _Child:
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the child has used so far (Linux ``/proc``); None where that is unknown."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def await_reply(self, deadline: float) -> bytes | None:
+        """The next reply line, or None at ``deadline``; a child that keeps a CPU busy
+        meanwhile is demoted (where CPU time is unknown: once it runs past one check)."""
+        cpu_before = None
+        while True:
+            line = self.read_line(min(deadline, time.monotonic() + DEMOTE_CHECK_SECONDS))
+            if line is not None or time.monotonic() >= deadline:
+                return line
+            cpu = self.cpu_seconds()
+            if cpu is None or (cpu_before is not None and cpu - cpu_before >= BUSY_SHARE * DEMOTE_CHECK_SECONDS):
+                self.demote()
+            cpu_before = cpu
 
     def demote(self) -> None:
         """Lowest CPU priority (nice 19): a runaway burns only what nothing else wants."""
@@ -160,11 +188,7 @@ class EvaluatorPool:
         try:
             child.send(request)
             for _ in exprs:
-                deadline = time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS
-                line = child.read_line(min(deadline, time.monotonic() + DEMOTE_AFTER_SECONDS))
-                if line is None:
-                    child.demote()  # long-running: lowest CPU priority until it answers or is killed
-                    line = child.read_line(deadline)
+                line = child.await_reply(time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS)
                 if line is None:
                     log.warning("jsonata evaluator %s killed: an expression ran past %d ms", child.pid, timeout_ms)
                     results.append(timeout)
