@@ -25,7 +25,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chatsvc.demo import DEMO_INPUTS  # noqa: E402
-from tests.live_server import LiveServer  # noqa: E402
+from tests.helpers.live_server import LiveServer  # noqa: E402
 
 RUNAWAY = "{{ $contains(input.s, /(a+)+$/) }}"
 

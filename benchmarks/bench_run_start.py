@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chatsvc.demo import DEMO_INPUTS  # noqa: E402
-from tests.live_server import GUNICORN_CONFIG, LiveServer  # noqa: E402
+from tests.helpers.live_server import GUNICORN_CONFIG, LiveServer  # noqa: E402
 
 WRK_SCRIPT = """
 wrk.method = "POST"

@@ -2,7 +2,7 @@
 
 Run: python benchmarks/bench_stream_open.py [--streams 10000]
 
-Starts a real chatsvc server (tests/live_server.py), starts one run that sleeps for a
+Starts a real chatsvc server (tests/helpers/live_server.py), starts one run that sleeps for a
 minute, then opens N streams on it with raw sockets (a cheap client, so the server's
 cost shows) and waits for each one's first bytes. Prints the worker's CPU per open and
 its resident memory per open stream (RSS after the opens settle, minus before).
@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.live_server import LiveServer  # noqa: E402
+from tests.helpers.live_server import LiveServer  # noqa: E402
 
 
 def worker_pid(master_pid: int) -> int:

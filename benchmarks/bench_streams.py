@@ -2,7 +2,7 @@
 
 Run: python benchmarks/bench_streams.py [--subscribers 1000]
 
-Starts a real chatsvc server (tests/live_server.py), creates a workflow that sleeps
+Starts a real chatsvc server (tests/helpers/live_server.py), creates a workflow that sleeps
 between two nodes, starts it, opens N streams on it, and measures:
 - how long until every stream received its backlog (all N connected),
 - the delay from an event's server timestamp until each subscriber read it,
@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.live_server import LiveServer  # noqa: E402
+from tests.helpers.live_server import LiveServer  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

@@ -32,7 +32,7 @@ from chatsvc.models import (
     Workflow,
     WorkflowService,
 )
-from tests.support import PASSWORD, TEST_JWT_SECRET, api_key_headers, auth_headers
+from tests.helpers.support import PASSWORD, TEST_JWT_SECRET, api_key_headers, auth_headers
 
 
 @cache

@@ -14,8 +14,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.live_server import LiveServer
-from tests.support import need
+from tests.helpers.live_server import LiveServer
+from tests.helpers.support import need
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from chatsvc.services.prompt_render import server_timezone
-from tests.fake_openai import FakeOpenAI
-from tests.run_helpers import messages, only, poll, read_events, wait_finished
-from tests.support import RUN_PERMISSIONS
+from tests.helpers.fake_openai import FakeOpenAI
+from tests.helpers.runs import messages, only, poll, read_events, wait_finished
+from tests.helpers.support import RUN_PERMISSIONS
 
 RUN_URL = "/api/v1/chat/experts:run"
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

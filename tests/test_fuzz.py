@@ -16,7 +16,7 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from chatsvc import accounts, create_app
 from chatsvc.extensions import db
-from tests.support import PASSWORD, auth_headers
+from tests.helpers.support import PASSWORD, auth_headers
 
 EXAMPLES_PER_OPERATION = 25
 
@@ -40,7 +40,7 @@ def fuzz_target(tmp_path_factory, make_config_module):
 @pytest.fixture(scope="module")
 def make_config_module():
     from chatsvc.config import Config
-    from tests.support import TEST_JWT_SECRET
+    from tests.helpers.support import TEST_JWT_SECRET
 
     def factory(folder):
         return Config.from_env({}, env="production", jwt_secret=TEST_JWT_SECRET,

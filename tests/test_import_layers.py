@@ -100,3 +100,38 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"runs": {"services"}, "services": {"metrics"}, "metrics": {"runs"}}) == [
         "metrics", "runs", "services", "metrics"]
     assert find_cycle({"api": {"runs"}, "runs": set()}) is None
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module a file imports, wherever the import stands (functions included)."""
+    package = module_name(path).rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def view_modules() -> set[str]:
+    """The api modules that define a blueprint."""
+    return {module_name(path) for path in (PACKAGE / "api").glob("*.py") if "Blueprint(" in path.read_text()}
+
+
+def test_a_view_module_is_not_a_helper_library():
+    views = view_modules()
+    assert "chatsvc.api.chat" in views and "chatsvc.api.workflows" in views
+    borrowed = {
+        (module_name(path), imported)
+        for path in PACKAGE.rglob("*.py")
+        if module_name(path) != "chatsvc"  # create_app registers the blueprints
+        for imported in all_imports(path) & views
+        if imported != module_name(path)
+    }
+    assert not borrowed, f"view modules imported as helpers (move the helper out of the view): {sorted(borrowed)}"

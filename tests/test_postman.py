@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import LiveServer
-from tests.support import need
+from tests.helpers.live_server import LiveServer
+from tests.helpers.support import need
 
 pytestmark = pytest.mark.server
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatsvc.runtime import EXTENSION_KEY
 from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done, encode_log_event
-from tests.run_helpers import parse_sse, poll, read_events
+from tests.helpers.runs import parse_sse, poll, read_events
 
 CHAT = "/api/v1/chat"
 RUN_FIELDS = {"run_id", "kind", "target_id", "team_id", "status", "created_at", "started_at",
@@ -185,6 +185,33 @@ def test_run_item_visibility(client, world, made_runs, caller):
         assert cancel(client, world, run_id, caller).status_code == (409 if visible else 404)
         rv = client.get(f"{CHAT}/runs/{run_id}/events", headers=world.headers[caller])
         assert rv.status_code == (200 if visible else 404), (caller, CREATORS[index])
+
+
+# --- one shape: the wire is what the OpenAPI document says ---------------------------
+
+
+def documented(client, name: str) -> set[str]:
+    """The properties the OpenAPI document gives the schema ``name``."""
+    spec = client.get("/api/v1/openapi.json").get_json()
+    return set(spec["components"]["schemas"][name]["properties"])
+
+
+def test_every_run_response_has_the_documented_shape(client, world, nap_workflow):
+    run, result, error, cancelling = "Run", {"result"}, {"error"}, {"cancel_requested"}
+    expert_sync = run_expert(client, world).get_json()
+    assert set(expert_sync) == documented(client, "ExpertRunResult") - error
+    assert set(run_workflow(client, world, world.workflow).get_json()) == documented(client, "WorkflowRunResult") - error
+    assert set(status_of(client, world, expert_sync["run_id"])) == documented(client, run) - error - cancelling
+
+    queued = accepted(run_workflow(client, world, nap_workflow, mode="async"))
+    assert set(queued) == documented(client, "RunAccepted")
+    wait_status(client, world, queued["run_id"], lambda s: s == "running")
+    cancel_body = cancel(client, world, queued["run_id"]).get_json()
+    assert set(cancel_body) == documented(client, run) - result - error
+    final = wait_status(client, world, queued["run_id"], lambda s: s == "cancelled")
+    assert set(final) == documented(client, run) - cancelling
+    listed = client.get(f"{CHAT}/runs", headers=world.headers["member"]).get_json()
+    assert {frozenset(body) for body in listed} == {frozenset(final), frozenset(status_of(client, world, expert_sync["run_id"]))}
 
 
 # --- cancel -----------------------------------------------------------------------

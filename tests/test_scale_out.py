@@ -19,9 +19,9 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.live_server import LiveServer
-from tests.redis_support import RedisServer, delete_prefix, redis_url, unique_prefix
-from tests.run_helpers import poll
+from tests.helpers.live_server import LiveServer
+from tests.helpers.redis_support import RedisServer, delete_prefix, redis_url, unique_prefix
+from tests.helpers.runs import poll
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect
 from chatsvc import schema
 from chatsvc.cli import main
 from chatsvc.extensions import db
-from tests.support import postgres_url
+from tests.helpers.support import postgres_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -22,8 +22,8 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.live_server import LiveServer
-from tests.run_helpers import poll
+from tests.helpers.live_server import LiveServer
+from tests.helpers.runs import poll
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(60)]
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from tests.fake_openai import FakeOpenAI
-from tests.run_helpers import messages, only, poll, read_events, wait_finished
-from tests.support import RUN_PERMISSIONS, api_key_headers
+from tests.helpers.fake_openai import FakeOpenAI
+from tests.helpers.runs import messages, only, poll, read_events, wait_finished
+from tests.helpers.support import RUN_PERMISSIONS, api_key_headers
 
 RUN_URL = "/api/v1/chat/workflows:run"
 CALLERS = ["platform_admin", "team_admin", "member", "outsider", "linked_service", "unlinked_service"]

@@ -7,33 +7,34 @@ from typing import Any
 from flask import Response, jsonify, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import Schema
 
-from chatsvc.errors import Conflict, NotFound
-from chatsvc.extensions import db
-from chatsvc.models import Expert, Workflow
+from chatsvc.errors import Conflict
 from chatsvc.runs.executor import RunContext, RunOutcome
 from chatsvc.runs.registry import RunInfo
-from chatsvc.runtime import current_runtime
-from chatsvc.security.caller import Caller, authenticate, get_caller
-from chatsvc.security.guardrails import ensure_service_can_use_expert
-from chatsvc.security.permissions import can_see_run, expert_for_use, workflow_for_use
-from chatsvc.services.expert_runner import ExpertSnapshot, run_expert
-from chatsvc.services.nodes import ExpertNode
-from chatsvc.services.workflow_graph import build_graph, check_graph, graph_documents
-from chatsvc.services.workflow_runner import WorkflowJob
-
-from .pagination import clamp_page
-from .schemas import (
-    ErrorSchema,
+from chatsvc.runs.shape import (
     ExpertRunResultSchema,
-    ExpertRunSchema,
-    PaginationArgs,
     RunAcceptedSchema,
     RunSchema,
     WorkflowRunResultSchema,
-    WorkflowRunSchema,
+    run_fields,
 )
-from .workflows import expert_team_id
+from chatsvc.runtime import current_runtime
+from chatsvc.security.caller import Caller, authenticate, get_caller
+from chatsvc.security.permissions import (
+    check_workflow_graph,
+    expert_for_use,
+    experts_of_workflow,
+    visible_run,
+    visible_runs,
+    workflow_for_use,
+)
+from chatsvc.services.expert_runner import ExpertSnapshot, run_expert
+from chatsvc.services.workflow_graph import build_graph, graph_documents
+from chatsvc.services.workflow_runner import WorkflowJob
+
+from .pagination import clamp_page
+from .schemas import ErrorSchema, ExpertRunSchema, PaginationArgs, WorkflowRunSchema
 
 blp = Blueprint("chat", __name__, url_prefix="/api/v1/chat", description="Run experts and workflows")
 blp.before_request(authenticate)
@@ -41,6 +42,10 @@ blp.before_request(authenticate)
 AUTH_ERRORS = [(400, "Both Authorization and X-API-Key sent"), (401, "Missing, invalid or expired credentials")]
 RUN_ERRORS = [(404, "Target not found"), (403, "Not allowed"), (429, "Too many active runs"),
               (503, "Run queue or registry full")]
+
+RUN_ACCEPTED = RunAcceptedSchema()
+EXPERT_RESULT = ExpertRunResultSchema()
+WORKFLOW_RESULT = WorkflowRunResultSchema()
 
 
 def document_auth_errors(view):
@@ -56,48 +61,27 @@ def document_errors(view):
     return document_auth_errors(view)
 
 
-def events_url(run_id: str) -> str:
-    """The stream URL with a signed token bound to this run, usable by EventSource."""
-    token = current_runtime().tokens.issue(run_id, get_caller().key)
-    return url_for("streams.RunEvents", run_id=run_id, token=token)
+def run_data(info: RunInfo) -> dict[str, Any]:
+    """What a run schema dumps: the run, and its two links (the stream URL carries a signed token
+    bound to this run and caller, so a browser's EventSource can use it)."""
+    token = current_runtime().tokens.issue(info.run_id, get_caller().key)
+    return run_fields(
+        info,
+        events_url=url_for("streams.RunEvents", run_id=info.run_id, token=token),
+        status_url=url_for("chat.RunItem", run_id=info.run_id),
+    )
 
 
-def status_url(run_id: str) -> str:
-    return url_for("chat.RunItem", run_id=run_id)
-
-
-def run_body(info: RunInfo) -> dict[str, Any]:
-    return {**info.to_dict(), "events_url": events_url(info.run_id), "status_url": status_url(info.run_id)}
-
-
-def visible_run(caller: Caller, run_id: str) -> RunInfo:
-    """The run, or 404 when it is unknown, expired or not the caller's to see."""
-    info = current_runtime().registry.get(run_id)
-    if info is None or not can_see_run(caller, info):
-        raise NotFound(f"Run {run_id} not found")
-    return info
-
-
-def start_run(caller: Caller, kind: str, target: Any, job, mode: str) -> Response:
+def start_run(caller: Caller, kind: str, target: Any, job, mode: str, result_schema: Schema) -> Response:
     """Queue the run; answer with its result (sync, when it ends in time) or 202."""
     runtime = current_runtime()
     info = runtime.executor.submit(kind=kind, target_id=target.id, team_id=target.team_id, owner=caller.key, job=job)
     if mode == "sync":
         final = runtime.executor.wait(info.run_id, runtime.config.sync_timeout_seconds)
         if final is not None:
-            body = {"run_id": final.run_id, "status": final.status, **(final.result or {})}
-            if final.error is not None:
-                body["error"] = final.error
-            body["events_url"] = events_url(final.run_id)
-            body["status_url"] = status_url(final.run_id)  # every run response links both
-            return jsonify(body)
+            return jsonify(result_schema.dump(run_data(final)))
         info = runtime.registry.get(info.run_id) or info
-    accepted = {
-        "run_id": info.run_id,
-        "status": info.status,
-        "events_url": events_url(info.run_id),
-        "status_url": status_url(info.run_id),
-    }
+    accepted = RUN_ACCEPTED.dump(run_data(info))
     response = jsonify(accepted)
     response.status_code = 202
     response.headers["Location"] = accepted["status_url"]
@@ -107,8 +91,8 @@ def start_run(caller: Caller, kind: str, target: Any, job, mode: str) -> Respons
 @blp.route("/experts:run")
 class RunExpert(MethodView):
     @blp.arguments(ExpertRunSchema())  # an instance: webargs would build a Schema per request
-    @blp.alt_response(200, schema=ExpertRunResultSchema, description="Sync run finished", success=True)
-    @blp.alt_response(202, schema=RunAcceptedSchema, description="Run accepted (async, or sync past the timeout)")
+    @blp.alt_response(200, schema=EXPERT_RESULT, description="Sync run finished", success=True)
+    @blp.alt_response(202, schema=RUN_ACCEPTED, description="Run accepted (async, or sync past the timeout)")
     @document_errors
     def post(self, body):
         """Run an expert: render its prompt and call the LLM."""
@@ -122,29 +106,14 @@ class RunExpert(MethodView):
             reply = run_expert(ctx, expert, input_params, request_base, runtime.provider, jsonata_timeout_ms=timeout_ms)
             return RunOutcome(result=reply.as_result())
 
-        return start_run(caller, "expert", expert, job, body["mode"])
-
-
-def _experts_of(caller: Caller, workflow: Workflow) -> dict[int, ExpertSnapshot]:
-    """Snapshots of the experts the workflow's expert nodes use; a service must be linked to each."""
-    snapshots = {}
-    for node in workflow.nodes:
-        if node.node_type != ExpertNode.node_type:
-            continue
-        expert_id = node.meta["expert_id"]
-        if caller.is_service:
-            expert = ensure_service_can_use_expert(db.session, caller.id, expert_id)
-        else:
-            expert = db.session.get(Expert, expert_id)  # same team: checked by check_graph
-        snapshots[expert_id] = ExpertSnapshot.of(expert)
-    return snapshots
+        return start_run(caller, "expert", expert, job, body["mode"], EXPERT_RESULT)
 
 
 @blp.route("/workflows:run")
 class RunWorkflow(MethodView):
     @blp.arguments(WorkflowRunSchema())
-    @blp.alt_response(200, schema=WorkflowRunResultSchema, description="Sync run finished", success=True)
-    @blp.alt_response(202, schema=RunAcceptedSchema, description="Run accepted (async, or sync past the timeout)")
+    @blp.alt_response(200, schema=WORKFLOW_RESULT, description="Sync run finished", success=True)
+    @blp.alt_response(202, schema=RUN_ACCEPTED, description="Run accepted (async, or sync past the timeout)")
     @blp.alt_response(422, schema=ErrorSchema, description="The stored graph is no longer valid")
     @document_errors
     def post(self, body):
@@ -152,16 +121,16 @@ class RunWorkflow(MethodView):
         caller = get_caller()
         workflow = workflow_for_use(caller, body["workflow_id"])
         nodes, edges = graph_documents(workflow)
-        check_graph(workflow.team_id, nodes, edges, expert_team_id)  # it may have changed since it was saved
+        check_workflow_graph(workflow.team_id, nodes, edges)  # it may have changed since it was saved
         runtime = current_runtime()
         job = WorkflowJob(
             graph=build_graph(workflow),
             starting_inputs=body["starting_inputs"],
-            experts=_experts_of(caller, workflow),
+            experts={i: ExpertSnapshot.of(e) for i, e in experts_of_workflow(caller, workflow).items()},
             provider=runtime.provider,
             jsonata_timeout_ms=runtime.config.jsonata_timeout_ms,
         )
-        return start_run(caller, "workflow", workflow, job, body["mode"])
+        return start_run(caller, "workflow", workflow, job, body["mode"], WORKFLOW_RESULT)
 
 
 @blp.route("/runs")
@@ -171,10 +140,9 @@ class Runs(MethodView):
     @document_auth_errors
     def get(self, args):
         """List the runs the caller may see, newest first."""
-        caller = get_caller()
-        runs = [r for r in current_runtime().registry.list_runs() if can_see_run(caller, r)]
+        runs = visible_runs(get_caller(), current_runtime().registry)
         start, stop = clamp_page(args)
-        return [run_body(r) for r in runs[start:stop]], {"X-Total-Count": str(len(runs))}
+        return [run_data(r) for r in runs[start:stop]], {"X-Total-Count": str(len(runs))}
 
 
 @blp.route("/runs/<run_id:run_id>")
@@ -184,7 +152,7 @@ class RunItem(MethodView):
     @document_auth_errors
     def get(self, run_id):
         """A run's status, timestamps and, once finished, its result or error."""
-        return run_body(visible_run(get_caller(), run_id))
+        return run_data(visible_run(get_caller(), current_runtime().registry, run_id))
 
 
 @blp.route("/runs/<run_id:run_id>:cancel")
@@ -195,8 +163,8 @@ class CancelRun(MethodView):
     @document_auth_errors
     def post(self, run_id):
         """Ask a run to stop; it ends as `cancelled` at its next checkpoint."""
-        info = visible_run(get_caller(), run_id)
         runtime = current_runtime()
+        info = visible_run(get_caller(), runtime.registry, run_id)
         if info.finished or not runtime.executor.cancel(run_id):
             raise Conflict(f"Run {run_id} has already finished")
-        return run_body(runtime.registry.get(run_id) or info)
+        return run_data(runtime.registry.get(run_id) or info)

@@ -3,13 +3,12 @@
 from flask import url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from sqlalchemy import select
 
 from chatsvc import accounts
 from chatsvc.extensions import db
 from chatsvc.models import Service
 from chatsvc.security.caller import authenticate, get_caller
-from chatsvc.security.permissions import get_or_404, manageable, require_team_admin
+from chatsvc.security.permissions import get_or_404, manageable, require_team_admin, visible_services
 
 from .pagination import paginate
 from .schemas import PaginationArgs, ServiceSchema, ServiceUpdateSchema, ServiceWithKeySchema
@@ -31,12 +30,7 @@ class Services(MethodView):
     @blp.response(200, ServiceSchema(many=True))
     def get(self, args):
         """List the services of the teams the caller administers."""
-        caller = get_caller()
-        stmt = select(Service).order_by(Service.id)
-        if not caller.is_platform_admin:
-            admin_of = [t for t, role in caller.team_roles.items() if role == "admin"]
-            stmt = stmt.where(Service.team_id.in_(admin_of))
-        return paginate(stmt, args)
+        return paginate(visible_services(get_caller()), args)
 
     @blp.arguments(ServiceSchema)
     @blp.response(201, ServiceWithKeySchema)

@@ -9,12 +9,11 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from chatsvc.errors import NotFound, Unauthorized
 from chatsvc.runs.registry import RegistryUnavailable, RunNotFound, RunRegistry
-from chatsvc.runtime import current_runtime
 from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
-from chatsvc.security.caller import caller_for_key, get_caller, has_credentials
-from chatsvc.security.permissions import can_see_run
+from chatsvc.runtime import current_runtime
+from chatsvc.security.caller import caller_for_stream_token, get_caller, has_credentials
+from chatsvc.security.permissions import run_for_stream_token, visible_run
 
 from .schemas import ErrorSchema
 from .security_schemes import DEFAULT_SECURITY
@@ -85,21 +84,10 @@ class RunEvents(MethodView):
         args = request.args
         token = args.get("token")
         if token and not has_credentials():
-            caller_key = runtime.tokens.caller_key(token, run_id)
-            if caller_key is None:
-                raise Unauthorized("Invalid or expired stream token for this run")
-            caller = caller_for_key(caller_key)
-            info = runtime.registry.get(run_id)
-            if caller is None or (info is not None and not can_see_run(caller, info)):
-                # Its caller was deleted or disabled, or lost access since the token was issued.
-                raise Unauthorized("This stream token's caller can no longer see the run")
+            caller = caller_for_stream_token(runtime.tokens, token, run_id)
+            info = run_for_stream_token(caller, runtime.registry, run_id)
         else:
-            caller = get_caller()
-            info = runtime.registry.get(run_id)
-            if info is not None and not can_see_run(caller, info):
-                info = None
-        if info is None:
-            raise NotFound(f"Run {run_id} not found")
+            info = visible_run(get_caller(), runtime.registry, run_id)
         after_seq = parse_last_event_id(request.headers.get("Last-Event-ID") or args.get("last_event_id"))
         if info.finished and info.done_seq is not None and after_seq >= info.done_seq:
             done = Response(status=204)  # tells EventSource to stop reconnecting

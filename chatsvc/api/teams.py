@@ -8,13 +8,15 @@ from sqlalchemy import select
 from chatsvc import accounts
 from chatsvc.errors import NotFound, Unprocessable
 from chatsvc.extensions import db
-from chatsvc.models import Membership, Team, User
+from chatsvc.models import Membership, User
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import (
+    readable_team,
     require_platform_admin,
     require_team_admin,
     require_team_member,
     team_or_404,
+    visible_teams,
 )
 
 from .pagination import paginate
@@ -46,12 +48,7 @@ class Teams(MethodView):
     @blp.response(200, TeamSchema(many=True))
     def get(self, args):
         """List the teams the caller belongs to (all of them for a platform admin)."""
-        caller = get_caller()
-        stmt = select(Team).order_by(Team.id)
-        if not caller.is_platform_admin:
-            own = [caller.service_team_id] if caller.is_service else list(caller.team_roles)
-            stmt = stmt.where(Team.id.in_(own))
-        return paginate(stmt, args)
+        return paginate(visible_teams(get_caller()), args)
 
     @blp.arguments(TeamSchema)
     @blp.response(201, TeamSchema)
@@ -67,11 +64,7 @@ class TeamItem(MethodView):
     @blp.response(200, TeamSchema)
     def get(self, team_id):
         """Get a team."""
-        team = team_or_404(team_id)
-        caller = get_caller()
-        if caller.service_team_id != team_id:
-            require_team_member(caller, team_id)
-        return team
+        return readable_team(get_caller(), team_id)
 
     @blp.arguments(TeamUpdateSchema)
     @blp.response(200, TeamSchema)

@@ -3,19 +3,19 @@
 from flask import url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from sqlalchemy import select
 
 from chatsvc.extensions import db
-from chatsvc.models import Edge, Expert, Node, Workflow, WorkflowService, is_possible_id
+from chatsvc.models import Edge, Node, Workflow, WorkflowService
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import (
+    check_workflow_graph,
     get_or_404,
     manageable,
     require_team_admin,
     visible_workflows,
     workflow_for_use,
 )
-from chatsvc.services.workflow_graph import check_graph, graph_documents
+from chatsvc.services.workflow_graph import graph_documents
 
 from .links import register_link_routes
 from .pagination import paginate
@@ -24,12 +24,6 @@ from .teams_check import existing_team_id
 
 blp = Blueprint("workflows", __name__, url_prefix="/api/v1/workflows", description="Workflows")
 blp.before_request(authenticate)
-
-
-def expert_team_id(expert_id: int) -> int | None:
-    if not is_possible_id(expert_id):
-        return None
-    return db.session.scalar(select(Expert.team_id).where(Expert.id == expert_id))
 
 
 def _node_docs(nodes: list[dict]) -> list[dict]:
@@ -67,7 +61,7 @@ class Workflows(MethodView):
         team_id = existing_team_id(body["team_id"])
         require_team_admin(get_caller(), team_id)
         nodes = _node_docs(body["nodes"])
-        check_graph(team_id, nodes, body["edges"], expert_team_id)
+        check_workflow_graph(team_id, nodes, body["edges"])
         workflow = Workflow(team_id=team_id, name=body["name"], description=body["description"],
                             example_input=body["example_input"])
         db.session.add(workflow)
@@ -95,7 +89,7 @@ class WorkflowItem(MethodView):
             stored_nodes, stored_edges = graph_documents(workflow)
             nodes = _node_docs(body["nodes"]) if "nodes" in body else stored_nodes
             edges = body.get("edges", stored_edges)
-            check_graph(workflow.team_id, nodes, edges, expert_team_id)
+            check_workflow_graph(workflow.team_id, nodes, edges)
             _replace_graph(workflow, nodes, edges)
         db.session.commit()
         return workflow

@@ -55,6 +55,7 @@ from chatsvc.runs.registry import (
     TooManyActiveRuns,
     _freeze,
 )
+from chatsvc.runs.shape import done_body
 from chatsvc.runs.sse import _compact_json
 
 log = logging.getLogger("chatsvc.runs")
@@ -259,12 +260,7 @@ def _event_tail(ts: float, level: str, message: str, data: dict) -> str:
 
 def _done_json(run_id: str, status: str, result: Any, error: dict | None) -> str:
     """The ``done`` event's data, exactly as ``sse.encode_done`` writes it."""
-    body: dict[str, Any] = {"run_id": run_id, "status": status}
-    if result is not None:
-        body["result"] = result
-    if error is not None:
-        body["error"] = error
-    return _json(body)
+    return _json(done_body(run_id, status, result, error))
 
 
 def _float(value: str | None) -> float | None:

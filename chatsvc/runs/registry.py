@@ -26,7 +26,6 @@ from abc import ABC, abstractmethod
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, ContextManager, Iterator
 
 from chatsvc.errors import ServiceUnavailable
@@ -40,10 +39,6 @@ log = logging.getLogger("chatsvc.runs")
 
 
 # --- Public value types -------------------------------------------------------
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 
 @dataclass(frozen=True)
@@ -83,27 +78,6 @@ class RunInfo:
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
-
-    def to_dict(self) -> dict:
-        """The public shape of SPEC §6.3 (no owner, no internal flags)."""
-        body = {
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "target_id": self.target_id,
-            "team_id": self.team_id,
-            "status": self.status,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "event_count": self.event_count,
-        }
-        if self.result is not None:
-            body["result"] = self.result
-        if self.error is not None:
-            body["error"] = self.error
-        if self.cancel_requested and not self.finished:
-            body["cancel_requested"] = True  # a cancel is under way; the status changes at the next checkpoint
-        return body
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from chatsvc.runs.shape import done_body
+
 if TYPE_CHECKING:  # the registry encodes with this module; only types flow back
     from chatsvc.runs.registry import Event, RunInfo
 
@@ -47,12 +49,8 @@ def encode_done(run: RunInfo) -> str:
     """The final `done` event of a finished run: {run_id, status, result?, error?}."""
     if run.done_seq is None:
         raise ValueError(f"run {run.run_id} is not finished")
-    body: dict[str, Any] = {"run_id": run.run_id, "status": run.status}
-    if run.result is not None:
-        body["result"] = run.result
-    if run.error is not None:
-        body["error"] = run.error
-    return encode_event(_compact_json(body), event="done", id=run.done_seq)
+    return encode_event(_compact_json(done_body(run.run_id, run.status, run.result, run.error)),
+                        event="done", id=run.done_seq)
 
 
 def parse_last_event_id(value: str | None) -> int:

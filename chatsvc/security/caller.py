@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app, request
 from flask_jwt_extended import create_access_token, decode_token
@@ -11,9 +12,12 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
 from sqlalchemy import bindparam, select
 
-from chatsvc.errors import BadRequest, Unauthorized, error_response
-from chatsvc.extensions import db, jwt
+from chatsvc.errors import BadRequest, Unauthorized
+from chatsvc.extensions import db
 from chatsvc.models import Membership, Service, User, hash_api_key, is_possible_id
+
+if TYPE_CHECKING:
+    from chatsvc.runs.tokens import StreamTokens
 
 API_KEY_HEADER = "X-API-Key"
 _CALLER_KEY = "chatsvc.caller"
@@ -194,22 +198,27 @@ def has_credentials() -> bool:
     return bool(request.headers.get("Authorization") or request.headers.get(API_KEY_HEADER))
 
 
+def caller_for_stream_token(tokens: StreamTokens, token: str, run_id: str) -> Caller | None:
+    """The caller a stream token for ``run_id`` was issued to, as it is *today*.
+
+    401 if the token is not genuine, has expired or names another run; None if its
+    caller has since been deleted or disabled (``permissions.run_for_stream_token``
+    refuses the stream then).
+    """
+    caller_key = tokens.caller_key(token, run_id)
+    if caller_key is None:
+        raise Unauthorized("Invalid or expired stream token for this run")
+    return caller_for_key(caller_key)
+
+
 def init_app(app: Flask) -> None:
-    """Keep the verified-token cache; route flask-jwt-extended errors into the common envelope."""
+    """Give the app its verified-token cache.
+
+    Tokens are issued by flask-jwt-extended (``issue_token``) and decoded with its
+    ``decode_token`` here, in ``get_caller``, the one path from a request to a
+    Caller: its ``jwt_required`` decorators and error callbacks are not used.
+    """
     app.extensions[_TOKENS_KEY] = VerifiedTokens()
-
-    def unauthorized(message: str):
-        return error_response(401, message)
-
-    jwt.unauthorized_loader(unauthorized)
-    jwt.invalid_token_loader(unauthorized)
-    jwt.expired_token_loader(lambda _header, _payload: unauthorized("Token has expired"))
-    jwt.revoked_token_loader(lambda _header, _payload: unauthorized("Token has been revoked"))
-    jwt.needs_fresh_token_loader(lambda _header, _payload: unauthorized("Fresh token required"))
-    jwt.user_lookup_error_loader(lambda _header, _payload: unauthorized("Unknown user"))
-    jwt.token_verification_failed_loader(
-        lambda _header, _payload: unauthorized("Token verification failed")
-    )
 
 
 def authenticate() -> None:

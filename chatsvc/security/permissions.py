@@ -1,26 +1,40 @@
 """The one place that decides who may do what (SPEC §4).
 
-Existence is checked before permission: a missing target is 404 for everyone.
+Views and services ask here; they do not decide. Existence is checked before
+permission: a missing target is 404 for everyone, then 403 for a caller who may
+not use it. Runs are the exception SPEC §4 asks for: a run the caller may not see
+is 404, as if it did not exist.
+
+- Platform admins may do everything.
+- Users act in their teams: members read and run, team admins change things.
+- A service reads and runs only the experts and workflows it is linked to (the
+  guardrails), and sees only its own runs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, TypeVar
 
 from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
-from chatsvc.errors import Forbidden, NotFound
+from chatsvc.errors import Forbidden, NotFound, Unauthorized
 from chatsvc.extensions import db
-from chatsvc.models import Expert, ExpertService, Team, Workflow, WorkflowService, is_possible_id
-from chatsvc.security.caller import Caller
-from chatsvc.security.guardrails import (
-    ensure_service_can_use_expert,
-    ensure_service_can_use_workflow,
+from chatsvc.models import (
+    Expert,
+    ExpertService,
+    Service,
+    Team,
+    Workflow,
+    WorkflowService,
+    is_possible_id,
 )
-
+from chatsvc.security.caller import Caller
+from chatsvc.services.nodes import ExpertNode
+from chatsvc.services.workflow_graph import check_graph
 
 if TYPE_CHECKING:
-    from chatsvc.runs.registry import RunInfo
+    from chatsvc.runs.registry import RunInfo, RunRegistry
 
 
 class TeamOwned(Protocol):
@@ -30,12 +44,22 @@ class TeamOwned(Protocol):
 
 T = TypeVar("T")
 
+# What links a service to a kind of target: (link model, its target column).
+_LINKS = {
+    Expert: (ExpertService, ExpertService.expert_id),
+    Workflow: (WorkflowService, WorkflowService.workflow_id),
+}
+_KIND_MODELS = {"expert": Expert, "workflow": Workflow}
 
-def get_or_404(model: type[T], ident: int, label: str | None = None) -> T:
-    obj = db.session.get(model, ident) if is_possible_id(ident) else None
+
+def get_or_404(model: type[T], ident: int, label: str | None = None, session: Session | None = None) -> T:
+    obj = (session or db.session).get(model, ident) if is_possible_id(ident) else None
     if obj is None:
         raise NotFound(f"{label or model.__name__} {ident} not found")
     return obj
+
+
+# --- platform and teams -------------------------------------------------------------
 
 
 def require_platform_admin(caller: Caller) -> None:
@@ -60,22 +84,30 @@ def team_or_404(team_id: int) -> Team:
     return get_or_404(Team, team_id)
 
 
-def expert_for_use(caller: Caller, expert_id: int) -> Expert:
-    """Load an expert the caller may read and run (404 before 403)."""
-    if caller.is_service:
-        return ensure_service_can_use_expert(db.session, caller.id, expert_id)
-    expert = get_or_404(Expert, expert_id)
-    require_team_member(caller, expert.team_id)
-    return expert
+def readable_team(caller: Caller, team_id: int) -> Team:
+    """A team its members, and its own services, may read."""
+    team = team_or_404(team_id)
+    if caller.service_team_id != team_id:
+        require_team_member(caller, team_id)
+    return team
 
 
-def workflow_for_use(caller: Caller, workflow_id: int) -> Workflow:
-    """Load a workflow the caller may read and run (404 before 403)."""
-    if caller.is_service:
-        return ensure_service_can_use_workflow(db.session, caller.id, workflow_id)
-    workflow = get_or_404(Workflow, workflow_id)
-    require_team_member(caller, workflow.team_id)
-    return workflow
+def visible_teams(caller: Caller) -> Select:
+    """A select of the teams the caller belongs to (every team for a platform admin)."""
+    stmt = select(Team).order_by(Team.id)
+    if caller.is_platform_admin:
+        return stmt
+    own = [caller.service_team_id] if caller.is_service else list(caller.team_roles)
+    return stmt.where(Team.id.in_(own))
+
+
+def visible_services(caller: Caller) -> Select:
+    """A select of the services of the teams the caller administers."""
+    stmt = select(Service).order_by(Service.id)
+    if caller.is_platform_admin:
+        return stmt
+    admin_of = [team_id for team_id in caller.team_roles if caller.is_admin_of(team_id)]
+    return stmt.where(Service.team_id.in_(admin_of))
 
 
 def manageable(caller: Caller, obj: TeamOwned) -> TeamOwned:
@@ -84,23 +116,107 @@ def manageable(caller: Caller, obj: TeamOwned) -> TeamOwned:
     return obj
 
 
+# --- experts and workflows ----------------------------------------------------------
+
+
+def service_linked_target(session: Session, model: type[T], service_id: int, target_id: int) -> T:
+    """The expert or workflow, if the service is linked to it: 404 if it does not exist,
+    403 if it is not linked (the guardrails of SPEC §4)."""
+    target = get_or_404(model, target_id, session=session)
+    if not _linked(session, model, service_id, target_id):
+        raise Forbidden(f"This service is not linked to {model.__name__.lower()} {target_id}")
+    return target
+
+
+def _linked(session: Session, model: type, service_id: int, target_id: int) -> bool:
+    link, column = _LINKS[model]
+    found = select(link.id).where(link.service_id == service_id, column == target_id).limit(1)
+    return session.scalar(found) is not None
+
+
+def _for_use(caller: Caller, model: type[T], target_id: int) -> T:
+    if caller.is_service:
+        return service_linked_target(db.session, model, caller.id, target_id)
+    target = get_or_404(model, target_id)
+    require_team_member(caller, target.team_id)
+    return target
+
+
+def expert_for_use(caller: Caller, expert_id: int) -> Expert:
+    """Load an expert the caller may read and run (404 before 403)."""
+    return _for_use(caller, Expert, expert_id)
+
+
+def workflow_for_use(caller: Caller, workflow_id: int) -> Workflow:
+    """Load a workflow the caller may read and run (404 before 403)."""
+    return _for_use(caller, Workflow, workflow_id)
+
+
+def experts_of_workflow(caller: Caller, workflow: Workflow) -> dict[int, Expert]:
+    """The experts the workflow's ``expert`` nodes use, for running it.
+
+    A service must be linked to each of them too, as if it ran them directly
+    (SPEC §6.2). A user who may run the workflow may use its experts: they are of
+    the workflow's own team (``check_workflow_graph``).
+    """
+    experts = {}
+    for node in workflow.nodes:
+        if node.node_type == ExpertNode.node_type:
+            expert_id = node.meta["expert_id"]
+            experts[expert_id] = (
+                service_linked_target(db.session, Expert, caller.id, expert_id)
+                if caller.is_service
+                else get_or_404(Expert, expert_id)
+            )
+    return experts
+
+
+def check_workflow_graph(
+    team_id: int, nodes: Sequence[Mapping[str, Any]], edges: Sequence[Mapping[str, Any]]
+) -> None:
+    """Validate a workflow's graph (422 naming the offending nodes), including the rule
+    that an ``expert`` node may use only an existing expert of the workflow's own team."""
+    check_graph(nodes, edges, _foreign_experts(team_id, nodes))
+
+
+def _foreign_experts(team_id: int, nodes: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per node key: the problem with the expert an ``expert`` node names, if any."""
+    wanted = {}
+    for node in nodes:
+        expert_id = (node.get("metadata") or {}).get("expert_id")
+        if node.get("node_type") == ExpertNode.node_type and type(expert_id) is int:
+            wanted[node["key"]] = expert_id
+    ids = [expert_id for expert_id in wanted.values() if is_possible_id(expert_id)]
+    teams = dict(db.session.execute(select(Expert.id, Expert.team_id).where(Expert.id.in_(ids))).all())
+    problems = {}
+    for key, expert_id in wanted.items():
+        if expert_id not in teams:
+            problems[key] = [f"expert {expert_id} does not exist"]
+        elif teams[expert_id] != team_id:
+            problems[key] = [f"expert {expert_id} belongs to another team"]
+    return problems
+
+
 def visible_experts(caller: Caller) -> Select:
     """A select of the experts the caller may see."""
-    return _visible(caller, Expert, ExpertService, ExpertService.expert_id)
+    return _visible(caller, Expert)
 
 
 def visible_workflows(caller: Caller) -> Select:
-    return _visible(caller, Workflow, WorkflowService, WorkflowService.workflow_id)
+    return _visible(caller, Workflow)
 
 
-def _visible(caller: Caller, model, link_model, link_column) -> Select:
+def _visible(caller: Caller, model) -> Select:
     stmt = select(model).order_by(model.id)
     if caller.is_platform_admin:
         return stmt
     if caller.is_service:
-        linked = select(link_column).where(link_model.service_id == caller.id)
-        return stmt.where(model.id.in_(linked))
+        link, column = _LINKS[model]
+        return stmt.where(model.id.in_(select(column).where(link.service_id == caller.id)))
     return stmt.where(model.team_id.in_(list(caller.team_roles)))
+
+
+# --- runs --------------------------------------------------------------------------
 
 
 def can_see_run(caller: Caller, run: RunInfo) -> bool:
@@ -114,12 +230,32 @@ def can_see_run(caller: Caller, run: RunInfo) -> bool:
         return False
     if caller.is_user:
         return caller.is_member_of(run.team_id)
-    return _service_linked(caller.id, run.kind, run.target_id)
+    return _linked(db.session, _KIND_MODELS[run.kind], caller.id, run.target_id)
 
 
-def _service_linked(service_id: int, kind: str, target_id: int) -> bool:
-    link, column = (ExpertService, ExpertService.expert_id) if kind == "expert" else (
-        WorkflowService, WorkflowService.workflow_id)
-    return db.session.scalar(
-        select(link.id).where(link.service_id == service_id, column == target_id).limit(1)
-    ) is not None
+def visible_runs(caller: Caller, registry: RunRegistry) -> list[RunInfo]:
+    """The runs the caller may see, newest first."""
+    return [run for run in registry.list_runs() if can_see_run(caller, run)]
+
+
+def visible_run(caller: Caller, registry: RunRegistry, run_id: str) -> RunInfo:
+    """The run, or 404 when it is unknown, expired or not the caller's to see."""
+    run = registry.get(run_id)
+    if run is None or not can_see_run(caller, run):
+        raise NotFound(f"Run {run_id} not found")
+    return run
+
+
+def run_for_stream_token(caller: Caller | None, registry: RunRegistry, run_id: str) -> RunInfo:
+    """The run a valid stream token names, for the caller it was issued to.
+
+    The token proved that caller could see the run when it was issued. If the
+    caller is gone or disabled (None) or has lost access since, the token is what
+    failed: 401, not 404.
+    """
+    run = registry.get(run_id)
+    if caller is None or (run is not None and not can_see_run(caller, run)):
+        raise Unauthorized("This stream token's caller can no longer see the run")
+    if run is None:
+        raise NotFound(f"Run {run_id} not found")
+    return run

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from chatsvc.services.jsonata_eval import ExpressionError, compile_expression
 from chatsvc.services.jsonata_pool import evaluate
@@ -35,19 +34,14 @@ class NodeContext(Protocol):
         """Render the expert with ``input_params``, call the LLM, return the reply."""
 
 
-@dataclass(frozen=True)
-class SaveContext:
-    """What metadata validation may look up when a workflow is saved."""
-
-    team_id: int
-    expert_team_id: Callable[[int], int | None]  # expert id -> its team, None if missing
-
-
 class NodeService(ABC):
     node_type: ClassVar[str]
 
-    def validate_metadata(self, metadata: dict[str, Any], ctx: SaveContext) -> list[str]:
-        """Problems with this node's metadata, as messages (empty when valid)."""
+    def validate_metadata(self, metadata: dict[str, Any]) -> list[str]:
+        """Problems with this node's metadata, as messages (empty when valid).
+
+        Only the metadata's own shape: whether the experts an ``expert`` node names may
+        be used is decided in ``security.permissions`` (``check_workflow_graph``)."""
         return []
 
     @abstractmethod
@@ -88,7 +82,7 @@ class InputNode(NodeService):
 
     node_type = "input"
 
-    def validate_metadata(self, metadata, ctx):
+    def validate_metadata(self, metadata):
         return _unknown_keys(metadata, set())
 
     def execute(self, inputs, metadata, ctx):
@@ -101,7 +95,7 @@ class EchoNode(NodeService):
 
     node_type = "echo"
 
-    def validate_metadata(self, metadata, ctx):
+    def validate_metadata(self, metadata):
         return _unknown_keys(metadata, set())
 
     def execute(self, inputs, metadata, ctx):
@@ -114,7 +108,7 @@ class TransformNode(NodeService):
 
     node_type = "transform"
 
-    def validate_metadata(self, metadata, ctx):
+    def validate_metadata(self, metadata):
         problems = _unknown_keys(metadata, {"expression", "output_key"}) + _output_key_problems(metadata)
         expression = metadata.get("expression")
         if not isinstance(expression, str) or not expression.strip():
@@ -139,7 +133,7 @@ class TemplateNode(NodeService):
 
     node_type = "template"
 
-    def validate_metadata(self, metadata, ctx):
+    def validate_metadata(self, metadata):
         problems = _unknown_keys(metadata, {"template"})
         if not isinstance(metadata.get("template"), str):
             problems.append("'template' must be a string")
@@ -158,16 +152,11 @@ class ExpertNode(NodeService):
 
     node_type = "expert"
 
-    def validate_metadata(self, metadata, ctx):
+    def validate_metadata(self, metadata):
         problems = _unknown_keys(metadata, {"expert_id", "output_key"}) + _output_key_problems(metadata)
         expert_id = metadata.get("expert_id")
         if not isinstance(expert_id, int) or isinstance(expert_id, bool):
-            return problems + ["'expert_id' must be an integer"]
-        team = ctx.expert_team_id(expert_id)
-        if team is None:
-            problems.append(f"expert {expert_id} does not exist")
-        elif team != ctx.team_id:
-            problems.append(f"expert {expert_id} belongs to another team")
+            problems.append("'expert_id' must be an integer")
         return problems
 
     def execute(self, inputs, metadata, ctx):
@@ -181,7 +170,7 @@ class SleepNode(NodeService):
 
     node_type = "sleep"
 
-    def validate_metadata(self, metadata, ctx):
+    def validate_metadata(self, metadata):
         problems = _unknown_keys(metadata, {"seconds"})
         seconds = metadata.get("seconds")
         if (

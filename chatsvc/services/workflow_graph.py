@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from chatsvc.errors import Unprocessable
 from chatsvc.services.dag import EdgeSpec, Graph, GraphError, NodeSpec, validate_graph
-from chatsvc.services.nodes import SaveContext, get_service, node_types
+from chatsvc.services.nodes import get_service, node_types
 
 
 def check_graph(
-    team_id: int,
     nodes: Sequence[Mapping[str, Any]],
     edges: Sequence[Mapping[str, Any]],
-    expert_team_id: Callable[[int], int | None],
+    more_problems: Mapping[str, list[str]] | None = None,
 ) -> None:
     """Raise 422 naming the offending nodes if the graph or a node's metadata is invalid.
 
     ``nodes`` are ``{"key", "node_type", "metadata"}``; ``edges`` ``{"source", "target"}``.
+    ``more_problems`` are problems found elsewhere, by node key, reported with the
+    metadata's own (``security.permissions.check_workflow_graph`` adds the experts').
     """
     try:
         validate_graph(nodes, edges, node_types())
     except GraphError as exc:
         raise Unprocessable(exc.message, errors={"json": exc.errors}) from None
-    ctx = SaveContext(team_id=team_id, expert_team_id=expert_team_id)
+    more_problems = more_problems or {}
     problems = {}
     for node in nodes:
-        found = get_service(node["node_type"]).validate_metadata(node.get("metadata") or {}, ctx)
+        found = get_service(node["node_type"]).validate_metadata(node.get("metadata") or {})
+        found += more_problems.get(node["key"], [])
         if found:
             problems[node["key"]] = found
     if problems:

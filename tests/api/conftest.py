@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import postgres_url
+from tests.helpers.support import postgres_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,8 +10,8 @@ import jwt as pyjwt
 import pytest
 from flask_jwt_extended import create_access_token, create_refresh_token
 
-from tests.api.api_support import API, assert_error
-from tests.support import PASSWORD, TEST_JWT_SECRET
+from tests.helpers.api import API, assert_error
+from tests.helpers.support import PASSWORD, TEST_JWT_SECRET
 
 LOGIN = f"{API}/auth/login"
 

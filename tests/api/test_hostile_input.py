@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from chatsvc.models import MAX_ID
-from tests.api.api_support import API, assert_error
-from tests.live_server import LiveServer
-from tests.support import PASSWORD
+from tests.helpers.api import API, assert_error
+from tests.helpers.live_server import LiveServer
+from tests.helpers.support import PASSWORD
 
 DEEP = 10_000
 
@@ -103,7 +103,7 @@ def sqlite_dir(tmp_path):
 def test_database_unreachable_is_503_with_retry_after_and_recovers(make_config, sqlite_dir, subtests):
     from chatsvc import create_app
     from chatsvc.extensions import db
-    from tests.support import auth_headers
+    from tests.helpers.support import auth_headers
 
     app = create_app(make_config(database_url=f"sqlite:///{sqlite_dir / 'chatsvc.db'}"))
     with app.app_context():

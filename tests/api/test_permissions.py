@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from tests.api.api_support import API, assert_error, db_state
+from tests.helpers.api import API, assert_error, db_state
 
 CALLERS = ["platform_admin", "team_admin", "member", "outsider", "linked_service", "unlinked_service"]
 ANY_CALLER = pytest.mark.parametrize("caller", CALLERS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.api_support import API, assert_error
+from tests.helpers.api import API, assert_error
 
 
 def test_a_body_that_is_not_json_is_415_saying_what_to_send(client, world):

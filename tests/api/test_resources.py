@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.api.api_support import API, assert_error
-from tests.support import auth_headers
+from tests.helpers.api import API, assert_error
+from tests.helpers.support import auth_headers
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.api.api_support import API, assert_error, db_state, field_errors
+from tests.helpers.api import API, assert_error, db_state, field_errors
 
 
 @pytest.fixture
@@ -305,6 +305,16 @@ def test_invalid_node_metadata_is_422(client, world, admin, make_expert, subtest
                 assert f"'{bad['key']}'" in body["message"]
                 problems = field_errors(body)["metadata"][bad["key"]]
                 assert any(expected in problem for problem in problems), problems
+
+
+def test_a_nodes_problems_are_reported_together(client, world, admin, make_expert):
+    """The metadata's shape (node service) and the expert's team (permissions) in one list."""
+    other_expert = make_expert(world.other_team)
+    nodes = [node("in", "input"), node("e", "expert", expert_id=other_expert.id, colour="blue")]
+    rv = client.post(f"{API}/workflows", json=workflow_body(world, nodes=nodes, edges=edges(("in", "e"))),
+                     headers=admin)
+    problems = field_errors(assert_error(rv, 422))["metadata"]["e"]
+    assert len(problems) == 2 and "colour" in problems[0] and "another team" in problems[1], problems
 
 
 def test_valid_metadata_is_accepted(client, world, admin):

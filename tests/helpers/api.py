@@ -1,4 +1,4 @@
-"""Helpers shared by the tests in tests/api (imported as ``api_support``)."""
+"""Helpers shared by the tests of the resource API (tests/api)."""
 
 from __future__ import annotations
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from tests.support import TEST_JWT_SECRET
+from tests.helpers.support import TEST_JWT_SECRET
 
-GUNICORN_CONFIG = str(Path(__file__).resolve().parent.parent / "gunicorn.conf.py")
+GUNICORN_CONFIG = str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py")
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import uuid
 
 import redis
 
-from tests.support import need
+from tests.helpers.support import need
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 

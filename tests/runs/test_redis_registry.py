@@ -23,7 +23,7 @@ from chatsvc.runs.registry import (
     TooManyActiveRuns,
 )
 from chatsvc.runs.sse import encode_done, encode_event, encode_log_event
-from tests.redis_support import RedisServer, delete_prefix, prefix_keys, redis_url, unique_prefix
+from tests.helpers.redis_support import RedisServer, delete_prefix, prefix_keys, redis_url, unique_prefix
 
 WAIT = 5.0
 

@@ -4,7 +4,7 @@ Most tests take the ``registry`` / ``make_registry`` fixtures, parametrized over
 ``memory`` and ``redis`` (a real Redis: CHATSVC_TEST_REDIS_URL, each test under its
 own key prefix, deleted afterwards). Tests that move a FakeClock to travel through
 TTLs and timeouts construct ``MemoryRunRegistry`` directly and stay memory-only;
-their Redis counterparts (tests/test_redis_registry.py) use short real TTLs,
+their Redis counterparts (tests/runs/test_redis_registry.py) use short real TTLs,
 timeouts and leases, because Redis decides those by its own clock.
 """
 
@@ -32,7 +32,8 @@ from chatsvc.runs.registry import (
     RunInfo,
     RunNotFound,
 )
-from tests.redis_support import delete_prefix, redis_url, unique_prefix
+from chatsvc.runs.shape import RunSchema, run_fields
+from tests.helpers.redis_support import delete_prefix, redis_url, unique_prefix
 
 WAIT = 5.0  # generous upper bound for anything that should happen "at once"
 
@@ -94,6 +95,11 @@ def memory_registry(clock: FakeClock):
     reg = MemoryRunRegistry(ttl_seconds=60, run_timeout_seconds=30, clock=clock)
     yield reg
     reg.close()
+
+
+def public_shape(info: RunInfo) -> dict:
+    """The run as GET /chat/runs/{id} shows it, without the links the API adds."""
+    return RunSchema().dump(run_fields(info))
 
 
 def new_run(reg: MemoryRunRegistry, **overrides) -> RunInfo:
@@ -158,7 +164,7 @@ def test_list_runs_newest_first(registry, clock):
     assert [r.run_id for r in registry.list_runs()] == [second.run_id, first.run_id]
 
 
-def test_lifecycle_and_to_dict(registry, clock):
+def test_lifecycle_and_public_shape(registry, clock):
     run = new_run(registry)
     clock.now = 1_763_700_000.0
     assert registry.mark_running(run.run_id)
@@ -169,7 +175,7 @@ def test_lifecycle_and_to_dict(registry, clock):
 
     info = registry.get(run.run_id)
     assert info.finished and info.done_seq == 2 and info.event_count == 1
-    assert info.to_dict() == {
+    assert public_shape(info) == {
         "run_id": run.run_id,
         "kind": "workflow",
         "target_id": 1,
@@ -181,13 +187,13 @@ def test_lifecycle_and_to_dict(registry, clock):
         "event_count": 1,
         "result": {"steps": [1, 2]},
     }
-    json.dumps(info.to_dict())  # serialisable as is
+    json.dumps(public_shape(info))  # serialisable as is
 
 
-def test_to_dict_omits_unset_result_and_includes_error(registry):
+def test_public_shape_omits_unset_result_and_includes_error(registry):
     run = new_run(registry)
     registry.finish(run.run_id, "failed", error={"type": "Boom", "message": "x"})
-    body = registry.get(run.run_id).to_dict()
+    body = public_shape(registry.get(run.run_id))
     assert "result" not in body
     assert body["error"] == {"type": "Boom", "message": "x"}
 

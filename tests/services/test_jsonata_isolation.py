@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_server import LiveServer
-from tests.run_helpers import poll
+from tests.helpers.live_server import LiveServer
+from tests.helpers.runs import poll
 
 CHAT = "/api/v1/chat"
 CATASTROPHIC_TEMPLATE = "Check: {{ $contains(input.s, /(a+)+$/) }} for {{ input.who }}"

@@ -131,3 +131,29 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_an_evaluation_that_keeps_a_cpu_busy_drops_to_the_lowest_priority(pool):
+    pool.evaluate_many(["1"], {}, timeout_ms=500, total_ms=500)
+    [child] = pool.idle_pids()
+    niceness = []
+    runaway = threading.Thread(target=pool.evaluate_many, args=([CATASTROPHIC], {"input": EVIL_INPUT}),
+                               kwargs={"timeout_ms": 1500, "total_ms": 1500})
+    runaway.start()
+    try:
+        wait_for(lambda: niceness.append(os.getpriority(os.PRIO_PROCESS, child)) or niceness[-1] == 19, timeout=1.0)
+    finally:
+        runaway.join()
+    assert not _alive(child) or child not in pool.idle_pids()  # a demoted evaluator is not reused
+
+
+def test_an_evaluation_slowed_by_a_busy_machine_keeps_its_priority_and_its_evaluator(pool):
+    """Waiting for a CPU is not computing: no demotion, no replacement."""
+    pool.evaluate_many(["1"], {}, timeout_ms=500, total_ms=500)
+    [child] = pool.idle_pids()
+    priority = os.getpriority(os.PRIO_PROCESS, child)
+    os.kill(child, signal.SIGSTOP)  # the machine gives it no CPU for a while
+    threading.Timer(0.3, os.kill, args=(child, signal.SIGCONT)).start()
+    assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=1000, total_ms=1000) == [42]
+    assert os.getpriority(os.PRIO_PROCESS, child) == priority < 19
+    assert pool.idle_pids() == [child]

@@ -18,7 +18,7 @@ from chatsvc.services.llm import (
     StubProvider,
     make_provider,
 )
-from tests.fake_openai import FakeOpenAI
+from tests.helpers.fake_openai import FakeOpenAI
 
 API_KEY = "sk-test-SECRET-0123456789"
 MESSAGES: list[ChatMessage] = [{"role": "user", "content": "Say hello"}]
