@@ -10,31 +10,12 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from chatsvc import envvars
+from chatsvc.envvars import ConfigError, env_float, env_int
+
 DEV_JWT_SECRET = "chatsvc-development-secret-do-not-use-in-production"
 
-
-class ConfigError(RuntimeError):
-    """The configuration cannot run: the app refuses to start."""
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+__all__ = ["Config", "ConfigError", "DEV_JWT_SECRET", "current_config"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +27,7 @@ class Config:
     instance_path: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_json_depth: int = 100
-    registry_url: str = "memory://"
+    registry_url: str = envvars.DEFAULT_REGISTRY_URL
     redis_prefix: str = "chatsvc:"
     run_lease_seconds: float = 15.0
     redis_pool_size: int = 3
@@ -81,32 +62,32 @@ class Config:
         values: dict[str, Any] = dict(
             env=env.get("CHATSVC_ENV", "production"),
             jwt_secret=env.get("CHATSVC_JWT_SECRET") or None,
-            jwt_expires_seconds=_int(env, "CHATSVC_JWT_EXPIRES_SECONDS", 3600),
+            jwt_expires_seconds=env_int(env, "CHATSVC_JWT_EXPIRES_SECONDS", 3600),
             database_url=env.get("CHATSVC_DATABASE_URL") or None,
             instance_path=env.get("CHATSVC_INSTANCE_PATH") or None,
-            max_body_bytes=_int(env, "CHATSVC_MAX_BODY_BYTES", 1024 * 1024),
-            max_json_depth=_int(env, "CHATSVC_MAX_JSON_DEPTH", 100),
-            registry_url=env.get("CHATSVC_REGISTRY_URL", "memory://"),
+            max_body_bytes=env_int(env, "CHATSVC_MAX_BODY_BYTES", 1024 * 1024),
+            max_json_depth=env_int(env, "CHATSVC_MAX_JSON_DEPTH", 100),
+            registry_url=envvars.registry_url(env),
             redis_prefix=env.get("CHATSVC_REDIS_PREFIX", "chatsvc:"),
-            run_lease_seconds=_float(env, "CHATSVC_RUN_LEASE_SECONDS", 15.0),
-            redis_pool_size=_int(env, "CHATSVC_REDIS_POOL_SIZE", 3),
-            run_ttl_seconds=_float(env, "CHATSVC_RUN_TTL_SECONDS", 900.0),
-            run_timeout_seconds=_float(env, "CHATSVC_RUN_TIMEOUT_SECONDS", 600.0),
-            sync_timeout_seconds=_float(env, "CHATSVC_SYNC_TIMEOUT_SECONDS", 30.0),
-            sse_heartbeat_seconds=_float(env, "CHATSVC_SSE_HEARTBEAT_SECONDS", 20.0),
-            stream_token_max_age_seconds=_int(env, "CHATSVC_STREAM_TOKEN_MAX_AGE_SECONDS", 3600),
-            max_events_per_run=_int(env, "CHATSVC_MAX_EVENTS_PER_RUN", 10_000),
-            max_live_runs=_int(env, "CHATSVC_MAX_LIVE_RUNS", 5_000),
-            executor_workers=_int(env, "CHATSVC_EXECUTOR_WORKERS", 0) or None,
-            max_queued_runs=_int(env, "CHATSVC_MAX_QUEUED_RUNS", 1_000),
-            max_active_runs_per_caller=_int(env, "CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER", 10),
+            run_lease_seconds=env_float(env, "CHATSVC_RUN_LEASE_SECONDS", 15.0),
+            redis_pool_size=env_int(env, "CHATSVC_REDIS_POOL_SIZE", 3),
+            run_ttl_seconds=env_float(env, "CHATSVC_RUN_TTL_SECONDS", 900.0),
+            run_timeout_seconds=env_float(env, "CHATSVC_RUN_TIMEOUT_SECONDS", 600.0),
+            sync_timeout_seconds=env_float(env, "CHATSVC_SYNC_TIMEOUT_SECONDS", 30.0),
+            sse_heartbeat_seconds=env_float(env, "CHATSVC_SSE_HEARTBEAT_SECONDS", 20.0),
+            stream_token_max_age_seconds=env_int(env, "CHATSVC_STREAM_TOKEN_MAX_AGE_SECONDS", 3600),
+            max_events_per_run=env_int(env, "CHATSVC_MAX_EVENTS_PER_RUN", 10_000),
+            max_live_runs=env_int(env, "CHATSVC_MAX_LIVE_RUNS", 5_000),
+            executor_workers=env_int(env, "CHATSVC_EXECUTOR_WORKERS", 0) or None,
+            max_queued_runs=env_int(env, "CHATSVC_MAX_QUEUED_RUNS", 1_000),
+            max_active_runs_per_caller=env_int(env, "CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER", 10),
             llm_provider=env.get("CHATSVC_LLM_PROVIDER", "stub"),
             llm_base_url=env.get("CHATSVC_LLM_BASE_URL") or None,
             llm_api_key=env.get("CHATSVC_LLM_API_KEY") or None,
-            llm_timeout_seconds=_float(env, "CHATSVC_LLM_TIMEOUT_SECONDS", 60.0),
-            jsonata_timeout_ms=_int(env, "CHATSVC_JSONATA_TIMEOUT_MS", 500),
-            jsonata_workers=_int(env, "CHATSVC_JSONATA_WORKERS", 4),
-            jsonata_memory_mb=_int(env, "CHATSVC_JSONATA_MEMORY_MB", 512),
+            llm_timeout_seconds=env_float(env, "CHATSVC_LLM_TIMEOUT_SECONDS", 60.0),
+            jsonata_timeout_ms=env_int(env, "CHATSVC_JSONATA_TIMEOUT_MS", 500),
+            jsonata_workers=env_int(env, "CHATSVC_JSONATA_WORKERS", 4),
+            jsonata_memory_mb=env_int(env, "CHATSVC_JSONATA_MEMORY_MB", 512),
         )
         values.update(overrides)
         return cls(**values)

@@ -10,6 +10,8 @@ gevent has patched threading before the registry and executor create locks.
 import json
 import logging
 import os
+import pathlib
+import runpy
 import signal
 import time
 
@@ -19,8 +21,12 @@ from gunicorn.glogging import Logger
 log = logging.getLogger("gunicorn.error")
 
 
+# Loaded by path, as this file is: importing chatsvc.envvars would import the package.
+_envvars = runpy.run_path(str(pathlib.Path(__file__).with_name("envvars.py")))
+
+
 def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
+    return _envvars["env_int"](os.environ, name, default)
 
 
 bind = os.environ.get("CHATSVC_BIND") or (
@@ -28,7 +34,7 @@ bind = os.environ.get("CHATSVC_BIND") or (
 )
 worker_class = "gevent"
 worker_connections = _int("CHATSVC_WORKER_CONNECTIONS", 2000)
-_registry_url = os.environ.get("CHATSVC_REGISTRY_URL", "memory://")
+_registry_url = _envvars["registry_url"](os.environ)
 # With Redis every worker serves every run: one gevent worker per core by default.
 workers = _int("CHATSVC_WORKERS", 1 if _registry_url.startswith("memory://") else (os.cpu_count() or 1))
 timeout = _int("CHATSVC_WORKER_TIMEOUT", 30)

@@ -396,6 +396,9 @@ def test_gunicorn_runs_a_worker_per_cpu_with_redis(monkeypatch):
     assert runpy.run_path(path)["workers"] == 3
     monkeypatch.setenv("CHATSVC_REGISTRY_URL", "memory://")
     assert runpy.run_path(path)["workers"] == 1  # the one-worker rule stays
+    monkeypatch.setenv("CHATSVC_WORKERS", "three")
+    with pytest.raises(Exception, match="CHATSVC_WORKERS must be an integer, got 'three'"):
+        runpy.run_path(path)  # parsed as the app parses its own settings
 
 
 # --- through the API ----------------------------------------------------------------------------
