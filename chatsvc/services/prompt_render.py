@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -160,8 +161,16 @@ def _is_iana_name(name: str | None) -> bool:
 
 
 def server_timezone() -> str:
-    """The server's IANA timezone name, from TZ, /etc/timezone or the /etc/localtime link; else "UTC"."""
-    tz = os.environ.get("TZ", "").removeprefix(":")  # glibc accepts a leading colon
+    """The server's IANA timezone name, from TZ, /etc/timezone or the /etc/localtime link; else "UTC".
+
+    Every prompt asks, so the answer is kept per value of TZ (the files are read once).
+    """
+    return _timezone_for(os.environ.get("TZ", ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _timezone_for(tz: str) -> str:
+    tz = tz.removeprefix(":")  # glibc accepts a leading colon
     candidates = [
         _zone_from_path(tz) if tz.startswith("/") else tz,  # TZ may name a zone file
         _read_first_line("/etc/timezone"),

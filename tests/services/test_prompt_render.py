@@ -229,7 +229,9 @@ def test_default_base_timezone_falls_back(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TZ", "Not/AZone")
     monkeypatch.setattr(prompt_render, "_read_first_line", lambda path: None)
     monkeypatch.setattr(prompt_render, "_zone_from_path", lambda path: None)
+    prompt_render._timezone_for.cache_clear()  # read again, through the patched helpers
     assert default_base()["timezone"] == "UTC"
+    prompt_render._timezone_for.cache_clear()
 
 
 def test_zone_from_localtime_symlink(tmp_path: Path) -> None:
