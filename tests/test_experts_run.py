@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from chatsvc.services import jsonata_pool
 from chatsvc.services.prompt_render import server_timezone
 from tests.helpers.fake_openai import FakeOpenAI
 from tests.helpers.runs import messages, only, poll, read_events, wait_finished
@@ -132,6 +133,28 @@ def test_warnings_leave_placeholders_as_written(client, world, make_expert):
     assert [w["placeholder"] for w in warnings] == ["{{ input.missing }}", "{{ 1 + }}"]
     assert warnings[0]["reason"] == "undefined"
     assert warnings[1]["reason"].startswith("syntax error")
+
+
+RUNAWAY = "{{ $contains(input.s, /(a+)+$/) }}"  # catastrophic backtracking on the input below
+
+
+def test_a_team_flooding_the_evaluators_with_runaways_does_not_stall_another_teams_prompts(
+        client, world, make_expert):
+    flooding = make_expert(world.team, prompt_template=RUNAWAY * 4)
+    evaluators = jsonata_pool.pool()
+    for _ in range(6):  # more runaways in flight than there are evaluators
+        rv = run(client, world.headers["member"], expert_id=flooding.id, mode="async",
+                 input_params={"s": "a" * 29 + "!"})
+        assert rv.status_code == 202
+    poll(lambda: evaluators._held.get(world.team.id, 0), lambda held: held == evaluators.share)
+
+    other_team = make_expert(world.other_team, prompt_template="Hi {{ input.name }}, {{ $sum([1, 2]) }}")
+    started = time.monotonic()
+    rv = run(client, world.headers["outsider"], expert_id=other_team.id, input_params={"name": "Bo"})
+    body = rv.get_json()
+    assert body["status"] == "succeeded" and body["warnings"] == []
+    assert body["messages"][0]["content"] == "Hi Bo, 3"
+    assert time.monotonic() - started < 0.45  # never waited for the flood's evaluators (they time out at 0.5 s)
 
 
 # --------------------------------------------------------------------------- events

@@ -46,8 +46,9 @@ class RunOutcome:
 class RunContext:
     """What a running job sees: its log, and cooperative cancellation."""
 
-    def __init__(self, run_id: str, registry: RunRegistry, logger: RunLogger) -> None:
+    def __init__(self, run_id: str, registry: RunRegistry, logger: RunLogger, team_id: int | None = None) -> None:
         self.run_id = run_id
+        self.team_id = team_id  # whose run: shared resources (JSONata evaluators) are shared out by team
         self._registry = registry
         self._logger = logger
         # Set by cancel() in this process, so a sleeping run wakes at once; the
@@ -141,7 +142,7 @@ class RunExecutor:
                 raise ServiceUnavailable("Too many live runs; try again shortly",
                                          retry_after=exc.retry_after) from None
             raise
-        ctx = RunContext(info.run_id, self.registry, self.logger)
+        ctx = RunContext(info.run_id, self.registry, self.logger, team_id=info.team_id)
         with self._lock:
             self._contexts[info.run_id] = ctx
             self._done[info.run_id] = threading.Event()

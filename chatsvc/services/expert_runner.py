@@ -19,6 +19,8 @@ from chatsvc.services.prompt_render import default_base, merge_base, render_prom
 class ExpertRunContext(Protocol):
     """The part of a run's context an expert run needs (see runs.executor.RunContext)."""
 
+    team_id: int | None  # the run's team: its evaluations count against the team's share
+
     @property
     def cancelled(self) -> bool: ...
 
@@ -76,7 +78,8 @@ def run_expert(
 ) -> ExpertReply:
     """Render, emit ``prompt_rendered``, call the LLM and emit its reply events."""
     base = merge_base(default_base(), expert.base, request_base)
-    rendered = render_prompt(expert.prompt_template, base, input_params, timeout_ms=jsonata_timeout_ms)
+    rendered = render_prompt(expert.prompt_template, base, input_params, timeout_ms=jsonata_timeout_ms,
+                             tenant=ctx.team_id)
     ctx.log_info(
         "prompt_rendered",
         expert_id=expert.id,

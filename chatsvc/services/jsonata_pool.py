@@ -9,8 +9,10 @@ huge range or sort) cannot hold the server, whatever it does. A killed or crashe
 is replaced in the background; the expression it was running gets a timeout or an error.
 
 Concurrency: a child serves one caller at a time. Callers wait for a free child no longer
-than their own time limit (then: the same timeout reason), so a flood of runaway
-expressions from one team costs others at most that wait. Waiting for a child's answer is
+than their own time limit (then: the same timeout reason). A caller names its tenant (the
+run's team): one tenant holds at most half of the children at once (``share``), so a team
+flooding the pool with runaway expressions waits for its own slots and every other team
+still finds a child. Waiting for a child's answer is
 ``select`` on its pipe: cooperative under gevent (patched), a plain blocking wait in a
 thread otherwise. Children are fresh interpreters (``subprocess``), never forks of a
 process running greenlets; no multiprocessing pool or helper thread is involved.
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Hashable
 from typing import Any
 
 from chatsvc.services.jsonata_eval import ExpressionError
@@ -141,12 +144,15 @@ class _Child:
 
 
 class EvaluatorPool:
-    """Up to ``size`` evaluator processes, each used by one caller at a time."""
+    """Up to ``size`` evaluator processes, each used by one caller at a time; one tenant uses at most ``share``."""
 
     def __init__(self, size: int = DEFAULT_WORKERS, memory_mb: int = DEFAULT_MEMORY_MB) -> None:
         self.size = size
+        self.share = max(1, size // 2)
         self.memory_mb = memory_mb
         self._free = threading.Semaphore(size)  # gevent's under gunicorn (created after patching)
+        self._tenants = threading.Condition()  # guards _held; woken when a tenant gives a child back
+        self._held: dict[Hashable, int] = {}  # tenant -> children it holds now
         self._lock = threading.Lock()
         self._idle: list[_Child] = []
         self._closed = False
@@ -154,8 +160,11 @@ class EvaluatorPool:
     # --- callers ---------------------------------------------------------------
 
     def evaluate_many(self, exprs: list[str], data: Any, *, timeout_ms: int, total_ms: int,
-                      max_depth: int = 100) -> list[Any | ExpressionError]:
-        """Each expression's value, or the ExpressionError it ended with, in order."""
+                      max_depth: int = 100, tenant: Hashable | None = None) -> list[Any | ExpressionError]:
+        """Each expression's value, or the ExpressionError it ended with, in order.
+
+        ``tenant`` (e.g. the run's team) counts against its share; None: no share applies.
+        """
         results: list[Any | ExpressionError] = []
         deadline = time.monotonic() + total_ms / 1000
         while len(results) < len(exprs):
@@ -165,11 +174,11 @@ class EvaluatorPool:
                 results += [timeout] * (len(exprs) - len(results))
                 break
             results += self._run_batch(exprs[len(results):], data, min(timeout_ms, remaining_ms),
-                                       remaining_ms, max_depth)
+                                       remaining_ms, max_depth, tenant)
         return results
 
     def _run_batch(self, exprs: list[str], data: Any, timeout_ms: int, total_ms: int,
-                   max_depth: int) -> list[Any | ExpressionError]:
+                   max_depth: int, tenant: Hashable | None) -> list[Any | ExpressionError]:
         """Evaluate on one child until done or until it is killed (then the results so far)."""
         timeout = ExpressionError(f"timeout: expression exceeded {timeout_ms / 1000:g} s")
         try:
@@ -180,7 +189,7 @@ class EvaluatorPool:
             return [ExpressionError(f"evaluation error: input is not JSON: {exc}")] * len(exprs)
         except RecursionError:
             return [ExpressionError("evaluation error: input nested too deeply")] * len(exprs)
-        child = self._acquire(timeout_ms / 1000)
+        child = self._acquire(timeout_ms / 1000, tenant)
         if child is None:
             return [timeout]  # no child free in time: this expression timed out waiting
         results: list[Any | ExpressionError] = []
@@ -202,12 +211,16 @@ class EvaluatorPool:
             results.append(ExpressionError("evaluation error: the evaluator stopped (out of memory?)"))
             return results
         finally:
-            self._release(child, healthy)
+            self._release(child, healthy, tenant)
 
     # --- children ----------------------------------------------------------------
 
-    def _acquire(self, wait_seconds: float) -> _Child | None:
-        if not self._free.acquire(timeout=wait_seconds):
+    def _acquire(self, wait_seconds: float, tenant: Hashable | None) -> _Child | None:
+        deadline = time.monotonic() + wait_seconds
+        if not self._take_share(tenant, deadline):
+            return None
+        if not self._free.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._give_share(tenant)
             return None
         with self._lock:
             child = self._idle.pop() if self._idle else None
@@ -219,10 +232,32 @@ class EvaluatorPool:
             return _Child(self.memory_mb)
         except OSError:
             self._free.release()
+            self._give_share(tenant)
             log.exception("could not start a jsonata evaluator")
             return None
 
-    def _release(self, child: _Child, healthy: bool) -> None:
+    def _take_share(self, tenant: Hashable | None, deadline: float) -> bool:
+        """Count one more child for ``tenant``, waiting (until ``deadline``) while it holds its share."""
+        if tenant is None:
+            return True
+        with self._tenants:
+            if not self._tenants.wait_for(lambda: self._held.get(tenant, 0) < self.share,
+                                          timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            self._held[tenant] = self._held.get(tenant, 0) + 1
+            return True
+
+    def _give_share(self, tenant: Hashable | None) -> None:
+        if tenant is None:
+            return
+        with self._tenants:
+            if self._held[tenant] == 1:
+                del self._held[tenant]
+            else:
+                self._held[tenant] -= 1
+            self._tenants.notify_all()  # the waiter of this tenant, if any, may go on
+
+    def _release(self, child: _Child, healthy: bool, tenant: Hashable | None) -> None:
         if healthy and not self._closed:
             with self._lock:
                 self._idle.append(child)
@@ -231,6 +266,7 @@ class EvaluatorPool:
             # to exit and start its replacement, so the next caller finds one ready.
             threading.Thread(target=self._replace, args=(child,), name="jsonata-replace", daemon=True).start()
         self._free.release()
+        self._give_share(tenant)
 
     def _replace(self, child: _Child | None) -> None:
         if child is not None:
@@ -306,17 +342,19 @@ def shutdown() -> None:
 
 
 def evaluate_many(exprs: list[str], data: Any, *, timeout_ms: int, total_ms: int | None = None,
-                  max_depth: int = 100) -> list[Any | ExpressionError]:
+                  max_depth: int = 100, tenant: Hashable | None = None) -> list[Any | ExpressionError]:
     """Evaluate expressions against JSON-like data in an evaluator process; see ``EvaluatorPool``."""
     if not exprs:
         return []
     return pool().evaluate_many(exprs, data, timeout_ms=timeout_ms,
-                                total_ms=timeout_ms if total_ms is None else total_ms, max_depth=max_depth)
+                                total_ms=timeout_ms if total_ms is None else total_ms, max_depth=max_depth,
+                                tenant=tenant)
 
 
-def evaluate(expr: str, data: Any, *, timeout_ms: int = 500, max_depth: int = 100) -> Any:
+def evaluate(expr: str, data: Any, *, timeout_ms: int = 500, max_depth: int = 100,
+             tenant: Hashable | None = None) -> Any:
     """One expression's value; raises ExpressionError like ``jsonata_eval.evaluate``."""
-    [result] = evaluate_many([expr], data, timeout_ms=timeout_ms, max_depth=max_depth)
+    [result] = evaluate_many([expr], data, timeout_ms=timeout_ms, max_depth=max_depth, tenant=tenant)
     if isinstance(result, ExpressionError):
         raise result
     return result

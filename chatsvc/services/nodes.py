@@ -23,6 +23,7 @@ class NodeContext(Protocol):
 
     starting_inputs: dict[str, Any]
     jsonata_timeout_ms: int
+    team_id: int | None  # the run's team: its evaluations count against the team's share
 
     def log_warn(self, message: str, **data: Any) -> None:
         """Add a warn event to the run's log."""
@@ -120,7 +121,7 @@ class TransformNode(NodeService):
         return problems
 
     def execute(self, inputs, metadata, ctx):
-        result = evaluate(metadata["expression"], inputs, timeout_ms=ctx.jsonata_timeout_ms)
+        result = evaluate(metadata["expression"], inputs, timeout_ms=ctx.jsonata_timeout_ms, tenant=ctx.team_id)
         output_key = metadata.get("output_key")
         if output_key:
             return {output_key: result}
@@ -140,7 +141,8 @@ class TemplateNode(NodeService):
         return problems
 
     def execute(self, inputs, metadata, ctx):
-        rendered = render_prompt(metadata["template"], default_base(), inputs, timeout_ms=ctx.jsonata_timeout_ms)
+        rendered = render_prompt(metadata["template"], default_base(), inputs, timeout_ms=ctx.jsonata_timeout_ms,
+                                 tenant=ctx.team_id)
         if rendered.warnings:
             ctx.log_warn("template_warnings", warnings=rendered.warnings)
         return {"text": rendered.text}

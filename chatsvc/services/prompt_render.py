@@ -7,7 +7,7 @@ import json
 import os
 import re
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -104,17 +104,19 @@ def render_prompt(
     *,
     timeout_ms: int = 500,
     total_timeout_ms: int = 2000,
+    tenant: Hashable | None = None,
 ) -> RenderResult:
     """Replace each ``{{ expr }}``; a placeholder that cannot be rendered stays as written, with a warning.
 
     ``timeout_ms`` bounds one placeholder, ``total_timeout_ms`` the whole template, so a template
-    repeating a runaway expression cannot hold a worker for long.
+    repeating a runaway expression cannot hold a worker for long. ``tenant`` (the run's team)
+    shares the evaluators out fairly (``jsonata_pool``).
     """
     spans = list(_placeholder_spans(template))
     # One round trip to an evaluator process for the whole template (jsonata_pool).
     values = evaluate_many([template[start + 2:end - 2].strip() for start, end in spans],
                            {"base": base, "input": input_data},
-                           timeout_ms=timeout_ms, total_ms=total_timeout_ms)
+                           timeout_ms=timeout_ms, total_ms=total_timeout_ms, tenant=tenant)
     parts: list[str] = []
     warnings: list[dict] = []
     pos = 0

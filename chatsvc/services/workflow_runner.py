@@ -29,6 +29,10 @@ class NodeRunContext:
     provider: LLMProvider
     jsonata_timeout_ms: int = 500
 
+    @property
+    def team_id(self) -> int | None:
+        return self.run.team_id
+
     def log_warn(self, message: str, **data: Any) -> None:
         self.run.log_warn(message, **data)
 

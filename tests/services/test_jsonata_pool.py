@@ -157,3 +157,29 @@ def test_an_evaluation_slowed_by_a_busy_machine_keeps_its_priority_and_its_evalu
     assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=1000, total_ms=1000) == [42]
     assert os.getpriority(os.PRIO_PROCESS, child) == priority < 19
     assert pool.idle_pids() == [child]
+
+
+def test_a_tenant_flooding_the_pool_with_runaways_leaves_the_others_a_share():
+    """One team keeps more runaways in flight than there are evaluators; another team's
+    expression still gets an evaluator at once, and the flooding team waits for its own."""
+    pool = EvaluatorPool(size=4, memory_mb=256)
+    try:
+        pool.evaluate_many(["1"], {}, timeout_ms=500, total_ms=500)
+        assert pool.share == 2
+        flood = [threading.Thread(target=pool.evaluate_many, args=([CATASTROPHIC], {"input": EVIL_INPUT}),
+                                  kwargs={"timeout_ms": 1500, "total_ms": 1500, "tenant": "team:1"})
+                 for _ in range(6)]
+        for thread in flood:
+            thread.start()
+        wait_for(lambda: pool._held.get("team:1") == 2)
+        started = time.monotonic()
+        assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=500, total_ms=500, tenant="team:2") == [42]
+        assert time.monotonic() - started < 0.4  # not behind the flood
+        [waiting_too_long] = pool.evaluate_many(["1"], {}, timeout_ms=200, total_ms=200, tenant="team:1")
+        assert isinstance(waiting_too_long, ExpressionError)  # its own share is taken: it waits, then times out
+        assert waiting_too_long.reason == "timeout: expression exceeded 0.2 s"
+        for thread in flood:
+            thread.join()
+        assert pool._held == {}
+    finally:
+        pool.close()
