@@ -12,7 +12,9 @@ Concurrency: a child serves one caller at a time. Callers wait for a free child 
 than their own time limit (then: the same timeout reason). A caller names its tenant (the
 run's team): one tenant holds at most half of the children at once (``share``), so a team
 flooding the pool with runaway expressions waits for its own slots and every other team
-still finds a child. Waiting for a child's answer is
+still finds a child. An expression that ran out of time becomes a suspect for a while:
+a tenant runs at most one batch holding a suspect at once, so a runaway template started
+many times occupies one child and the tenant's other templates still run. Waiting for a child's answer is
 ``select`` on its pipe: cooperative under gevent (patched), a plain blocking wait in a
 thread otherwise. Children are fresh interpreters (``subprocess``), never forks of a
 process running greenlets; no multiprocessing pool or helper thread is involved.
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
@@ -43,6 +46,8 @@ GRACE_SECONDS = 0.1  # beyond an expression's own limit, for the round trip, bef
 DEMOTE_CHECK_SECONDS = 0.05
 BUSY_SHARE = 0.4
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+SUSPECT_SECONDS = 600  # an expression that ran out of time stays a suspect this long
+MAX_SUSPECTS = 1000
 STARTUP_SECONDS = 15  # a new evaluator must say "ready" within this
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsonata_worker.py")
 DEFAULT_WORKERS = 4
@@ -151,9 +156,10 @@ class EvaluatorPool:
         self.share = max(1, size // 2)
         self.memory_mb = memory_mb
         self._free = threading.Semaphore(size)  # gevent's under gunicorn (created after patching)
-        self._tenants = threading.Condition()  # guards _held; woken when a tenant gives a child back
-        self._held: dict[Hashable, int] = {}  # tenant -> children it holds now
-        self._lock = threading.Lock()
+        self._slots = threading.Condition()  # guards _held; woken when slots are given back
+        self._held: dict[Hashable, int] = {}  # slot key (a tenant, or a tenant's suspect lane) -> held now
+        self._lock = threading.Lock()  # guards _idle and _suspects
+        self._suspects: OrderedDict[str, float] = OrderedDict()  # expression -> suspect until (monotonic)
         self._idle: list[_Child] = []
         self._closed = False
 
@@ -189,20 +195,24 @@ class EvaluatorPool:
             return [ExpressionError(f"evaluation error: input is not JSON: {exc}")] * len(exprs)
         except RecursionError:
             return [ExpressionError("evaluation error: input nested too deeply")] * len(exprs)
-        child = self._acquire(timeout_ms / 1000, tenant)
+        slots = self._slots_for(exprs, tenant)
+        child = self._acquire(timeout_ms / 1000, slots)
         if child is None:
             return [timeout]  # no child free in time: this expression timed out waiting
         results: list[Any | ExpressionError] = []
         healthy = False
         try:
             child.send(request)
-            for _ in exprs:
+            for expr in exprs:
                 line = child.await_reply(time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS)
                 if line is None:
                     log.warning("jsonata evaluator %s killed: an expression ran past %d ms", child.pid, timeout_ms)
+                    self._suspect(expr)
                     results.append(timeout)
                     return results
                 reply = json.loads(line)
+                if "ok" not in reply and reply["error"].startswith("timeout"):
+                    self._suspect(expr)
                 results.append(reply["ok"] if "ok" in reply else ExpressionError(reply["error"]))
             healthy = not child.demoted  # a demoted child cannot be raised again: replace it
             return results
@@ -211,16 +221,72 @@ class EvaluatorPool:
             results.append(ExpressionError("evaluation error: the evaluator stopped (out of memory?)"))
             return results
         finally:
-            self._release(child, healthy, tenant)
+            self._release(child, healthy, slots)
 
     # --- children ----------------------------------------------------------------
 
-    def _acquire(self, wait_seconds: float, tenant: Hashable | None) -> _Child | None:
+    # --- sharing out ---------------------------------------------------------------
+
+    def _slots_for(self, exprs: list[str], tenant: Hashable | None) -> list[tuple[Hashable, int]]:
+        """The slots a batch must hold besides its child: (key, how many of that key may run at once).
+
+        A tenant holds at most ``share`` children. A batch holding an expression that recently
+        ran out of time (a suspect) also needs its tenant's one suspect slot, so a runaway
+        template run by many at once occupies one child, not the tenant's whole share.
+        """
+        slots: list[tuple[Hashable, int]] = []
+        if any(self._is_suspect(expr) for expr in exprs):
+            slots.append((("suspect", tenant), 1))
+        if tenant is not None:
+            slots.append((tenant, self.share))
+        return slots
+
+    def _suspect(self, expr: str) -> None:
+        with self._lock:
+            self._suspects.pop(expr, None)
+            self._suspects[expr] = time.monotonic() + SUSPECT_SECONDS
+            if len(self._suspects) > MAX_SUSPECTS:
+                self._suspects.popitem(last=False)  # the oldest
+
+    def _is_suspect(self, expr: str) -> bool:
+        if not self._suspects:  # the common case, without the lock
+            return False
+        with self._lock:
+            expires = self._suspects.get(expr)
+            if expires is not None and expires < time.monotonic():
+                del self._suspects[expr]
+                return False
+            return expires is not None
+
+    def _take_slots(self, slots: list[tuple[Hashable, int]], deadline: float) -> bool:
+        """Hold every slot, waiting (until ``deadline``) while one of them is full; all or none."""
+        with self._slots:
+            if not self._slots.wait_for(lambda: all(self._held.get(key, 0) < limit for key, limit in slots),
+                                        timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            for key, _ in slots:
+                self._held[key] = self._held.get(key, 0) + 1
+            return True
+
+    def _give_slots(self, slots: list[tuple[Hashable, int]]) -> None:
+        if not slots:
+            return
+        with self._slots:
+            for key, _ in slots:
+                if self._held[key] == 1:
+                    del self._held[key]
+                else:
+                    self._held[key] -= 1
+            self._slots.notify_all()  # waiters for these keys may go on
+
+    # --- children ----------------------------------------------------------------
+
+    def _acquire(self, wait_seconds: float, slots: list[tuple[Hashable, int]]) -> _Child | None:
         deadline = time.monotonic() + wait_seconds
-        if not self._take_share(tenant, deadline):
+        if slots and not self._take_slots(slots, deadline):
             return None
         if not self._free.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            self._give_share(tenant)
+            self._give_slots(slots)
             return None
         with self._lock:
             child = self._idle.pop() if self._idle else None
@@ -232,32 +298,11 @@ class EvaluatorPool:
             return _Child(self.memory_mb)
         except OSError:
             self._free.release()
-            self._give_share(tenant)
+            self._give_slots(slots)
             log.exception("could not start a jsonata evaluator")
             return None
 
-    def _take_share(self, tenant: Hashable | None, deadline: float) -> bool:
-        """Count one more child for ``tenant``, waiting (until ``deadline``) while it holds its share."""
-        if tenant is None:
-            return True
-        with self._tenants:
-            if not self._tenants.wait_for(lambda: self._held.get(tenant, 0) < self.share,
-                                          timeout=max(0.0, deadline - time.monotonic())):
-                return False
-            self._held[tenant] = self._held.get(tenant, 0) + 1
-            return True
-
-    def _give_share(self, tenant: Hashable | None) -> None:
-        if tenant is None:
-            return
-        with self._tenants:
-            if self._held[tenant] == 1:
-                del self._held[tenant]
-            else:
-                self._held[tenant] -= 1
-            self._tenants.notify_all()  # the waiter of this tenant, if any, may go on
-
-    def _release(self, child: _Child, healthy: bool, tenant: Hashable | None) -> None:
+    def _release(self, child: _Child, healthy: bool, slots: list[tuple[Hashable, int]]) -> None:
         if healthy and not self._closed:
             with self._lock:
                 self._idle.append(child)
@@ -266,7 +311,7 @@ class EvaluatorPool:
             # to exit and start its replacement, so the next caller finds one ready.
             threading.Thread(target=self._replace, args=(child,), name="jsonata-replace", daemon=True).start()
         self._free.release()
-        self._give_share(tenant)
+        self._give_slots(slots)
 
     def _replace(self, child: _Child | None) -> None:
         if child is not None:

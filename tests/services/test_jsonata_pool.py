@@ -183,3 +183,27 @@ def test_a_tenant_flooding_the_pool_with_runaways_leaves_the_others_a_share():
         assert pool._held == {}
     finally:
         pool.close()
+
+
+def test_a_known_runaway_run_many_times_takes_one_evaluator_and_its_team_goes_on():
+    """Once an expression ran out of time it is a suspect: a team runs one batch holding it at
+    a time, so the team's other templates are not stuck behind copies of its runaway."""
+    pool = EvaluatorPool(size=4, memory_mb=256)
+    try:
+        [first] = pool.evaluate_many([CATASTROPHIC], {"input": EVIL_INPUT}, timeout_ms=200, total_ms=200,
+                                     tenant="team:1")
+        assert first.reason.startswith("timeout")  # now a suspect
+        again = [threading.Thread(target=pool.evaluate_many, args=([CATASTROPHIC], {"input": EVIL_INPUT}),
+                                  kwargs={"timeout_ms": 1500, "total_ms": 1500, "tenant": "team:1"})
+                 for _ in range(4)]
+        for thread in again:
+            thread.start()
+        wait_for(lambda: pool._held.get(("suspect", "team:1")) == 1)
+        assert pool._held.get("team:1") == 1  # the other copies wait for the suspect slot, holding nothing
+        started = time.monotonic()
+        assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=500, total_ms=500, tenant="team:1") == [42]
+        assert time.monotonic() - started < 0.4
+        for thread in again:
+            thread.join()
+    finally:
+        pool.close()
