@@ -211,8 +211,8 @@ class EvaluatorPool:
                     results.append(timeout)
                     return results
                 reply = json.loads(line)
-                if "ok" not in reply and reply["error"].startswith("timeout"):
-                    self._suspect(expr)
+                if "ok" not in reply and reply["error"].startswith("timeout: expression"):
+                    self._suspect(expr)  # not "timeout: template rendering": that one never ran
                 results.append(reply["ok"] if "ok" in reply else ExpressionError(reply["error"]))
             healthy = not child.demoted  # a demoted child cannot be raised again: replace it
             return results
