@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 
 import pytest
 
@@ -135,26 +136,30 @@ def test_warnings_leave_placeholders_as_written(client, world, make_expert):
     assert warnings[1]["reason"].startswith("syntax error")
 
 
-RUNAWAY = "{{ $contains(input.s, /(a+)+$/) }}"  # catastrophic backtracking on the input below
+def runaway_template() -> str:
+    """Catastrophic backtracking on the input below; new text each time, so no evaluator
+    process has seen it time out yet (the pool's suspects outlive a test)."""
+    return f"{{{{ $contains(input.s, /(a+)+$/) or {uuid.uuid4().int} = 0 }}}}"
 
 
 def test_a_team_flooding_the_evaluators_with_runaways_does_not_stall_another_teams_prompts(
         client, world, make_expert):
-    flooding = make_expert(world.team, prompt_template=RUNAWAY * 4)
+    flooding = make_expert(world.team, prompt_template=runaway_template() * 4)
     evaluators = jsonata_pool.pool()
     for _ in range(6):  # more runaways in flight than there are evaluators
         rv = run(client, world.headers["member"], expert_id=flooding.id, mode="async",
                  input_params={"s": "a" * 29 + "!"})
         assert rv.status_code == 202
-    poll(lambda: evaluators._held.get(world.team.id, 0), lambda held: held == evaluators.share)
+    # In flight: at the team's share, or (once one timed out) in the team's one suspect slot.
+    poll(lambda: evaluators._held, lambda held: held.get(world.team.id) == evaluators.share
+         or held.get(("suspect", world.team.id)))
 
     other_team = make_expert(world.other_team, prompt_template="Hi {{ input.name }}, {{ $sum([1, 2]) }}")
-    started = time.monotonic()
     rv = run(client, world.headers["outsider"], expert_id=other_team.id, input_params={"name": "Bo"})
     body = rv.get_json()
+    # Waiting for the flood's evaluators would have timed the placeholders out (0.5 s): warnings.
     assert body["status"] == "succeeded" and body["warnings"] == []
     assert body["messages"][0]["content"] == "Hi Bo, 3"
-    assert time.monotonic() - started < 0.45  # never waited for the flood's evaluators (they time out at 0.5 s)
 
 
 # --------------------------------------------------------------------------- events

@@ -172,9 +172,8 @@ def test_a_tenant_flooding_the_pool_with_runaways_leaves_the_others_a_share():
         for thread in flood:
             thread.start()
         wait_for(lambda: pool._held.get("team:1") == 2)
-        started = time.monotonic()
+        # Behind the flood it would time out (ExpressionError), not answer.
         assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=500, total_ms=500, tenant="team:2") == [42]
-        assert time.monotonic() - started < 0.4  # not behind the flood
         [waiting_too_long] = pool.evaluate_many(["1"], {}, timeout_ms=200, total_ms=200, tenant="team:1")
         assert isinstance(waiting_too_long, ExpressionError)  # its own share is taken: it waits, then times out
         assert waiting_too_long.reason == "timeout: expression exceeded 0.2 s"
@@ -200,9 +199,7 @@ def test_a_known_runaway_run_many_times_takes_one_evaluator_and_its_team_goes_on
             thread.start()
         wait_for(lambda: pool._held.get(("suspect", "team:1")) == 1)
         assert pool._held.get("team:1") == 1  # the other copies wait for the suspect slot, holding nothing
-        started = time.monotonic()
         assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=500, total_ms=500, tenant="team:1") == [42]
-        assert time.monotonic() - started < 0.4
         for thread in again:
             thread.join()
     finally:
