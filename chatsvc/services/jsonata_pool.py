@@ -9,19 +9,23 @@ huge range or sort) cannot hold the server, whatever it does. A killed or crashe
 is replaced in the background; the expression it was running gets a timeout or an error.
 
 Concurrency: a child serves one caller at a time. Callers wait for a free child no longer
-than their own time limit (then: the same timeout reason). A caller names its tenant (the
-run's team): one tenant holds at most half of the children at once (``share``), so a team
-flooding the pool with runaway expressions waits for its own slots and every other team
-still finds a child. An expression that ran out of time becomes a suspect for a while:
-a tenant runs at most one batch holding a suspect at once, so a runaway template started
-many times occupies one child and the tenant's other templates still run. Waiting for a child's answer is
-``select`` on its pipe: cooperative under gevent (patched), a plain blocking wait in a
+than their own time limit (then: the same timeout reason).
+
+Sharing out: a caller names its tenant (the run's team). One tenant holds at most half of
+the children at once (``share``), so a team flooding the pool with runaway expressions
+waits for its own slots and every other team still finds a child. An expression that ran
+out of time becomes a suspect for a while: a tenant runs at most one batch holding a
+suspect at once, so a runaway template started many times occupies one child and the
+tenant's other templates still run.
+
+Waiting for a child's answer is ``select`` on its pipe: cooperative under gevent (patched), a plain blocking wait in a
 thread otherwise. Children are fresh interpreters (``subprocess``), never forks of a
 process running greenlets; no multiprocessing pool or helper thread is involved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -148,6 +152,11 @@ class _Child:
                 pass
 
 
+def _digest(expr: str) -> bytes:
+    """A suspect is remembered by digest: expressions can be as long as a request body."""
+    return hashlib.blake2b(expr.encode(), digest_size=16).digest()
+
+
 class EvaluatorPool:
     """Up to ``size`` evaluator processes, each used by one caller at a time; one tenant uses at most ``share``."""
 
@@ -159,7 +168,7 @@ class EvaluatorPool:
         self._slots = threading.Condition()  # guards _held; woken when slots are given back
         self._held: dict[Hashable, int] = {}  # slot key (a tenant, or a tenant's suspect lane) -> held now
         self._lock = threading.Lock()  # guards _idle and _suspects
-        self._suspects: OrderedDict[str, float] = OrderedDict()  # expression -> suspect until (monotonic)
+        self._suspects: OrderedDict[bytes, float] = OrderedDict()  # expression digest -> suspect until (monotonic)
         self._idle: list[_Child] = []
         self._closed = False
 
@@ -223,8 +232,6 @@ class EvaluatorPool:
         finally:
             self._release(child, healthy, slots)
 
-    # --- children ----------------------------------------------------------------
-
     # --- sharing out ---------------------------------------------------------------
 
     def _slots_for(self, exprs: list[str], tenant: Hashable | None) -> list[tuple[Hashable, int]]:
@@ -242,19 +249,21 @@ class EvaluatorPool:
         return slots
 
     def _suspect(self, expr: str) -> None:
+        key = _digest(expr)
         with self._lock:
-            self._suspects.pop(expr, None)
-            self._suspects[expr] = time.monotonic() + SUSPECT_SECONDS
+            self._suspects.pop(key, None)
+            self._suspects[key] = time.monotonic() + SUSPECT_SECONDS
             if len(self._suspects) > MAX_SUSPECTS:
                 self._suspects.popitem(last=False)  # the oldest
 
     def _is_suspect(self, expr: str) -> bool:
         if not self._suspects:  # the common case, without the lock
             return False
+        key = _digest(expr)
         with self._lock:
-            expires = self._suspects.get(expr)
+            expires = self._suspects.get(key)
             if expires is not None and expires < time.monotonic():
-                del self._suspects[expr]
+                del self._suspects[key]
                 return False
             return expires is not None
 
