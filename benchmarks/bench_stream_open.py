@@ -50,13 +50,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
         seed = server.seed()
         headers = server.admin_headers(seed)
-        workflow = httpx.post(server.url + "/api/v1/workflows", headers=headers, json={
-            "team_id": seed["team_id"], "name": "nap",
-            "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
-                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 60}}],
-            "edges": [{"source": "start", "target": "nap"}]}).json()
+        workflow_id = server.nap_workflow(headers, seed["team_id"], 60)
         events_url = httpx.post(server.url + "/api/v1/chat/workflows:run", headers=headers, json={
-            "workflow_id": workflow["id"], "mode": "async"}).json()["events_url"]
+            "workflow_id": workflow_id, "mode": "async"}).json()["events_url"]
         worker = worker_pid(server.process.pid)
         request = f"GET {events_url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
         time.sleep(1)

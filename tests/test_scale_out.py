@@ -65,13 +65,7 @@ def start_hosts(tmp_path: Path, url: str, prefix: str, **env: str) -> tuple[Live
 def make_hosts(a: LiveServer, b: LiveServer) -> Hosts:
     seed = a.seed()
     admin = a.admin_headers(seed)
-    rv = httpx.post(b.url + "/api/v1/workflows", headers=admin, json={
-        "team_id": seed["team_id"], "name": "Nap",
-        "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
-                  {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 30}}],
-        "edges": [{"source": "start", "target": "nap"}]})
-    assert rv.status_code == 201, rv.text
-    return Hosts(a, b, admin, seed, rv.json()["id"])
+    return Hosts(a, b, admin, seed, b.nap_workflow(admin, seed["team_id"], 30))
 
 
 @pytest.fixture
@@ -207,12 +201,7 @@ def test_a_killed_host_has_its_run_failed_by_lease_and_other_subscribers_get_don
 
 @pytest.mark.parametrize("hosts_env", [{"CHATSVC_GRACEFUL_TIMEOUT": "8"}])
 def test_sigterm_lets_short_runs_finish_ends_the_rest_and_hands_streams_over(hosts, tmp_path):
-    rv = httpx.post(hosts.b.url + "/api/v1/workflows", headers=hosts.admin, json={
-        "team_id": hosts.seed["team_id"], "name": "Short nap",
-        "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
-                  {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 3}}],
-        "edges": [{"source": "start", "target": "nap"}]})
-    short = hosts.run(hosts.a, rv.json()["id"])
+    short = hosts.run(hosts.a, hosts.b.nap_workflow(hosts.admin, hosts.seed["team_id"], 3, name="Short nap"))
     long = hosts.run(hosts.a, hosts.nap_workflow_id)
     for body in (short, long):
         poll(lambda: hosts.status(hosts.b, body["run_id"])["status"], lambda s: s == "running", timeout=10)

@@ -50,14 +50,8 @@ def live(tmp_path_factory) -> Live:
                     env={"CHATSVC_SSE_HEARTBEAT_SECONDS": "1"}) as server:
         seed = server.seed()
         admin = server.admin_headers(seed)
-        rv = httpx.post(server.url + "/api/v1/workflows", headers=admin, json={
-            "team_id": seed["team_id"], "name": "Nap",
-            "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
-                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": 30}}],
-            "edges": [{"source": "start", "target": "nap"}],
-        })
-        assert rv.status_code == 201, rv.text
-        yield Live(server, seed, {"X-API-Key": seed["service_api_key"]}, admin, rv.json()["id"])
+        nap_id = server.nap_workflow(admin, seed["team_id"], 30)
+        yield Live(server, seed, {"X-API-Key": seed["service_api_key"]}, admin, nap_id)
 
 
 def start_demo(live: Live) -> dict:

@@ -65,6 +65,16 @@ class LiveServer:
     def seed(self) -> dict[str, Any]:
         return json.loads(self.cli("demo-data"))
 
+    def nap_workflow(self, headers: dict[str, str], team_id: int, seconds: float, name: str = "Nap") -> int:
+        """Create a workflow `start` (input) -> `nap` (sleep ``seconds``): runs that stay live a while. Its id."""
+        rv = httpx.post(self.url + "/api/v1/workflows", headers=headers, timeout=10, json={
+            "team_id": team_id, "name": name,
+            "nodes": [{"key": "start", "node_type": "input", "metadata": {}},
+                      {"key": "nap", "node_type": "sleep", "metadata": {"seconds": seconds}}],
+            "edges": [{"source": "start", "target": "nap"}]})
+        assert rv.status_code == 201, rv.text
+        return rv.json()["id"]
+
     def admin_headers(self, seed: dict[str, Any]) -> dict[str, str]:
         """A bearer header for the demo admin that ``seed()`` returned."""
         rv = httpx.post(self.url + "/api/v1/auth/login", timeout=10,
