@@ -151,7 +151,7 @@ def test_a_team_flooding_the_evaluators_with_runaways_does_not_stall_another_tea
                  input_params={"s": "a" * 29 + "!"})
         assert rv.status_code == 202
     # In flight: at the team's share, or (once one timed out) in the team's one suspect slot.
-    poll(lambda: evaluators._held, lambda held: held.get(world.team.id) == evaluators.share
+    poll(evaluators.held, lambda held: held.get(world.team.id) == evaluators.share
          or held.get(("suspect", world.team.id)))
 
     other_team = make_expert(world.other_team, prompt_template="Hi {{ input.name }}, {{ $sum([1, 2]) }}")

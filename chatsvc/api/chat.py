@@ -23,7 +23,7 @@ from chatsvc.runtime import current_runtime
 from chatsvc.security.caller import Caller, authenticate, get_caller
 from chatsvc.security.permissions import (
     check_workflow_graph,
-    expert_for_use,
+    expert_for_run,
     experts_of_workflow,
     visible_run,
     visible_runs,
@@ -97,7 +97,7 @@ class RunExpert(MethodView):
     def post(self, body):
         """Run an expert: render its prompt and call the LLM."""
         caller = get_caller()
-        expert = ExpertSnapshot.of(expert_for_use(caller, body["expert_id"]))
+        expert = expert_for_run(caller, body["expert_id"])
         runtime = current_runtime()
         input_params, request_base = body["input_params"], body["base"]
         timeout_ms = runtime.config.jsonata_timeout_ms

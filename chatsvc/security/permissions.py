@@ -13,9 +13,9 @@ is 404, as if it did not exist.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from chatsvc.errors import Forbidden, NotFound, Unauthorized
@@ -30,6 +30,7 @@ from chatsvc.models import (
     is_possible_id,
 )
 from chatsvc.security.caller import Caller
+from chatsvc.services.expert_runner import ExpertSnapshot
 from chatsvc.services.nodes import ExpertNode
 from chatsvc.services.workflow_graph import check_graph
 
@@ -123,9 +124,21 @@ def service_linked_target(session: Session, model: type[T], service_id: int, tar
     """The expert or workflow, if the service is linked to it: 404 if it does not exist,
     403 if it is not linked (the guardrails of SPEC §4)."""
     target = get_or_404(model, target_id, session=session)
-    if not _linked(session, model, service_id, target_id):
-        raise Forbidden(f"This service is not linked to {model.__name__.lower()} {target_id}")
+    _require_linked(model, target_id, _linked(session, model, service_id, target_id))
     return target
+
+
+def _require_linked(model: type, target_id: int, linked: bool) -> None:
+    if not linked:
+        raise Forbidden(f"This service is not linked to {model.__name__.lower()} {target_id}")
+
+
+def _require_use(caller: Caller, model: type, target_id: int, team_id: int, linked: Callable[[], bool]) -> None:
+    """Who may read and run an expert or workflow: a service linked to it, or a member of its team."""
+    if caller.is_service:
+        _require_linked(model, target_id, linked())
+    else:
+        require_team_member(caller, team_id)
 
 
 def _linked(session: Session, model: type, service_id: int, target_id: int) -> bool:
@@ -135,16 +148,40 @@ def _linked(session: Session, model: type, service_id: int, target_id: int) -> b
 
 
 def _for_use(caller: Caller, model: type[T], target_id: int) -> T:
-    if caller.is_service:
-        return service_linked_target(db.session, model, caller.id, target_id)
     target = get_or_404(model, target_id)
-    require_team_member(caller, target.team_id)
+    _require_use(caller, model, target_id, target.team_id, lambda: _linked(db.session, model, caller.id, target_id))
     return target
 
 
 def expert_for_use(caller: Caller, expert_id: int) -> Expert:
     """Load an expert the caller may read and run (404 before 403)."""
     return _for_use(caller, Expert, expert_id)
+
+
+_experts = Expert.__table__.c
+_expert_links = ExpertService.__table__.c
+_EXPERT_FOR_RUN = select(
+    _experts.id, _experts.team_id, _experts.name, _experts.prompt_template, _experts.model_name, _experts.base,
+    exists().where(_expert_links.expert_id == _experts.id, _expert_links.service_id == bindparam("service_id"))
+    .label("linked"),
+).where(_experts.id == bindparam("expert_id"))
+
+
+def expert_for_run(caller: Caller, expert_id: int) -> ExpertSnapshot:
+    """What a run of the expert needs, under the same rule as ``expert_for_use``.
+
+    Every run of an expert starts here, so it is one query for plain rows (the expert
+    and, for a service, its link), not ORM objects.
+    """
+    row = None
+    if is_possible_id(expert_id):
+        service_id = caller.id if caller.is_service else None
+        row = db.session.connection().execute(_EXPERT_FOR_RUN, {"expert_id": expert_id, "service_id": service_id}).first()
+    if row is None:
+        raise NotFound(f"Expert {expert_id} not found")
+    _require_use(caller, Expert, expert_id, row.team_id, lambda: row.linked)
+    return ExpertSnapshot(id=row.id, team_id=row.team_id, name=row.name, prompt_template=row.prompt_template,
+                          model_name=row.model_name, base=dict(row.base or {}))
 
 
 def workflow_for_use(caller: Caller, workflow_id: int) -> Workflow:

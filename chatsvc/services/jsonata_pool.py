@@ -165,9 +165,11 @@ class EvaluatorPool:
         self.share = max(1, size // 2)
         self.memory_mb = memory_mb
         self._free = threading.Semaphore(size)  # gevent's under gunicorn (created after patching)
-        self._slots = threading.Condition()  # guards _held; woken when slots are given back
-        self._held: dict[Hashable, int] = {}  # slot key (a tenant, or a tenant's suspect lane) -> held now
-        self._lock = threading.Lock()  # guards _idle and _suspects
+        # Slot key (a tenant, or a tenant's suspect lane) -> its semaphore, made on first use; a
+        # release wakes one waiter of that key only. One entry per team that ever evaluated.
+        self._lanes: dict[Hashable, threading.Semaphore] = {}
+        self._held: dict[Hashable, int] = {}  # slot key -> held now (for held())
+        self._lock = threading.Lock()  # guards _idle, _suspects, _lanes and _held
         self._suspects: OrderedDict[bytes, float] = OrderedDict()  # expression digest -> suspect until (monotonic)
         self._idle: list[_Child] = []
         self._closed = False
@@ -268,25 +270,39 @@ class EvaluatorPool:
             return expires is not None
 
     def _take_slots(self, slots: list[tuple[Hashable, int]], deadline: float) -> bool:
-        """Hold every slot, waiting (until ``deadline``) while one of them is full; all or none."""
-        with self._slots:
-            if not self._slots.wait_for(lambda: all(self._held.get(key, 0) < limit for key, limit in slots),
-                                        timeout=max(0.0, deadline - time.monotonic())):
+        """Hold every slot, waiting (until ``deadline``) while one of them is full; all or none.
+
+        Slots are always taken in the order ``_slots_for`` lists them (suspect lane, then
+        tenant, then a child in ``_acquire``), so two batches never wait for each other.
+        """
+        taken: list[tuple[Hashable, int]] = []
+        for key, limit in slots:
+            with self._lock:
+                lane = self._lanes.get(key)
+                if lane is None:
+                    lane = self._lanes[key] = threading.Semaphore(limit)
+            if not lane.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self._give_slots(taken)
                 return False
-            for key, _ in slots:
+            taken.append((key, limit))
+            with self._lock:
                 self._held[key] = self._held.get(key, 0) + 1
-            return True
+        return True
 
     def _give_slots(self, slots: list[tuple[Hashable, int]]) -> None:
-        if not slots:
-            return
-        with self._slots:
-            for key, _ in slots:
+        for key, _ in slots:
+            with self._lock:
                 if self._held[key] == 1:
                     del self._held[key]
                 else:
                     self._held[key] -= 1
-            self._slots.notify_all()  # waiters for these keys may go on
+                lane = self._lanes[key]
+            lane.release()
+
+    def held(self) -> dict[Hashable, int]:
+        """Slots held now, by key (a tenant, or ``("suspect", tenant)``)."""
+        with self._lock:
+            return dict(self._held)
 
     # --- children ----------------------------------------------------------------
 

@@ -171,7 +171,7 @@ def test_a_tenant_flooding_the_pool_with_runaways_leaves_the_others_a_share():
                  for _ in range(6)]
         for thread in flood:
             thread.start()
-        wait_for(lambda: pool._held.get("team:1") == 2)
+        wait_for(lambda: pool.held().get("team:1") == 2)
         # Behind the flood it would time out (ExpressionError), not answer.
         assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=500, total_ms=500, tenant="team:2") == [42]
         [waiting_too_long] = pool.evaluate_many(["1"], {}, timeout_ms=200, total_ms=200, tenant="team:1")
@@ -179,7 +179,7 @@ def test_a_tenant_flooding_the_pool_with_runaways_leaves_the_others_a_share():
         assert waiting_too_long.reason == "timeout: expression exceeded 0.2 s"
         for thread in flood:
             thread.join()
-        assert pool._held == {}
+        assert pool.held() == {}
     finally:
         pool.close()
 
@@ -197,8 +197,8 @@ def test_a_known_runaway_run_many_times_takes_one_evaluator_and_its_team_goes_on
                  for _ in range(4)]
         for thread in again:
             thread.start()
-        wait_for(lambda: pool._held.get(("suspect", "team:1")) == 1)
-        assert pool._held.get("team:1") == 1  # the other copies wait for the suspect slot, holding nothing
+        wait_for(lambda: pool.held().get(("suspect", "team:1")) == 1)
+        assert pool.held().get("team:1") == 1  # the other copies wait for the suspect slot, holding nothing
         assert pool.evaluate_many(["6 * 7"], {}, timeout_ms=500, total_ms=500, tenant="team:1") == [42]
         for thread in again:
             thread.join()
