@@ -27,9 +27,9 @@ from chatsvc.security.permissions import (
     experts_of_workflow,
     visible_run,
     visible_runs,
-    workflow_for_use,
+    workflow_for_run,
 )
-from chatsvc.services.expert_runner import ExpertSnapshot, run_expert
+from chatsvc.services.expert_runner import run_expert
 from chatsvc.services.workflow_graph import build_graph, graph_documents
 from chatsvc.services.workflow_runner import WorkflowJob
 
@@ -119,14 +119,14 @@ class RunWorkflow(MethodView):
     def post(self, body):
         """Run a workflow: its nodes in topological order."""
         caller = get_caller()
-        workflow = workflow_for_use(caller, body["workflow_id"])
+        workflow = workflow_for_run(caller, body["workflow_id"])
         nodes, edges = graph_documents(workflow)
         check_workflow_graph(workflow.team_id, nodes, edges)  # it may have changed since it was saved
         runtime = current_runtime()
         job = WorkflowJob(
             graph=build_graph(workflow),
             starting_inputs=body["starting_inputs"],
-            experts={i: ExpertSnapshot.of(e) for i, e in experts_of_workflow(caller, workflow).items()},
+            experts=experts_of_workflow(caller, workflow),
             provider=runtime.provider,
             jsonata_timeout_ms=runtime.config.jsonata_timeout_ms,
         )

@@ -36,18 +36,6 @@ class ExpertSnapshot:
     model_name: str
     base: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, expert: Any) -> "ExpertSnapshot":
-        """Copy what a run needs from an ``Expert`` row."""
-        return cls(
-            id=expert.id,
-            team_id=expert.team_id,
-            name=expert.name,
-            prompt_template=expert.prompt_template,
-            model_name=expert.model_name,
-            base=dict(expert.base or {}),
-        )
-
 
 @dataclass(frozen=True)
 class ExpertReply:

@@ -39,7 +39,11 @@ def check_graph(
 
 
 def build_graph(workflow: Any) -> Graph:
-    """The run-time graph of a stored ``Workflow`` (nodes keep their database ids)."""
+    """The run-time graph of a stored workflow (nodes keep their database ids).
+
+    ``workflow``: anything with ``nodes`` (id, key, node_type, meta) and ``edges``
+    (source_id, target_id): a ``Workflow`` or the plain rows a run reads.
+    """
     nodes = [NodeSpec(id=n.id, key=n.key, node_type=n.node_type, metadata=dict(n.meta or {})) for n in workflow.nodes]
     by_id = {n.id: n.key for n in workflow.nodes}
     edges = [EdgeSpec(source=by_id[e.source_id], target=by_id[e.target_id]) for e in workflow.edges]
