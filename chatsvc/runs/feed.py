@@ -72,6 +72,10 @@ class RunFeed:
             self._done = b""
             self._wake.set()
 
+    def wire_after(self, after_seq: int) -> list[bytes]:
+        """The wire bytes of each event after ``after_seq`` (a new list)."""
+        return self._chunks[max(0, after_seq):]
+
     def signal(self) -> threading.Event:
         """The Event the next publish or close sets; take it *before* looking at the run."""
         return self._wake

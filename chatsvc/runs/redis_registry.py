@@ -491,7 +491,7 @@ class RedisRunRegistry(RunRegistry):
             info = self._info(run_id, values)
             if info is None:
                 raise RunNotFound(run_id)
-            events = [self._event(fields["e"]) for _, fields in entries if "e" in fields]
+            events = [Event.from_json(fields["e"]) for _, fields in entries if "e" in fields]
             if events or info.finished:
                 return ReadResult(events=events, done=info if info.finished else None)
             remaining = deadline - time.monotonic()
@@ -668,12 +668,6 @@ class RedisRunRegistry(RunRegistry):
             pipe.execute()
 
     # --- decoding ---------------------------------------------------------------------
-
-    @staticmethod
-    def _event(event_json: str) -> Event:
-        raw = json.loads(event_json)
-        return Event(seq=raw["seq"], ts=raw["ts"], level=raw["level"], message=raw["message"],
-                     data=_freeze(raw["data"]))
 
     @staticmethod
     def _info(run_id: str, values: dict[str, str]) -> RunInfo | None:

@@ -17,6 +17,7 @@ finished it accepts no more events, and its `done_seq` (the `id:` of the SSE
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from chatsvc.errors import ServiceUnavailable
 from chatsvc.runs.feed import RunFeed
-from chatsvc.runs.sse import encode_done, encode_log_event
+from chatsvc.runs.sse import encode_done, encode_log_event, event_json
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 LEVELS = frozenset({"info", "warn", "error"})
@@ -54,6 +55,13 @@ class Event:
     def to_dict(self) -> dict:
         return {"seq": self.seq, "ts": self.ts, "level": self.level,
                 "message": self.message, "data": self.data}
+
+    @classmethod
+    def from_json(cls, event_json: str | bytes) -> "Event":
+        """The event whose ``to_dict()`` this JSON is (data read-only, as stored)."""
+        raw = json.loads(event_json)
+        return cls(seq=raw["seq"], ts=raw["ts"], level=raw["level"], message=raw["message"],
+                   data=_freeze(raw["data"]))
 
 
 @dataclass(frozen=True)
@@ -310,9 +318,9 @@ class _Run:
     cancel_requested: bool = False
     done_seq: int | None = None
     truncated: bool = False
-    # Invariant: events[i].seq == i + 1, so "seq > after_seq" is events[after_seq:].
-    events: list[Event] = field(default_factory=list)
-    # The same events as SSE bytes, encoded once, and the signal that wakes readers.
+    # The events, stored only as their SSE bytes (encoded once, for every subscriber),
+    # and the signal that wakes readers. Bytes, not dicts: a run's thousands of events
+    # add nothing for the garbage collector to walk (see docs/performance.md).
     feed: RunFeed = field(default_factory=RunFeed)
 
     @property
@@ -324,7 +332,7 @@ class _Run:
             run_id=self.run_id, kind=self.kind, target_id=self.target_id,
             team_id=self.team_id, owner=self.owner, status=self.status,
             created_at=self.created_at, started_at=self.started_at,
-            finished_at=self.finished_at, event_count=len(self.events),
+            finished_at=self.finished_at, event_count=self.feed.last_seq,
             result=self.result, error=self.error,
             cancel_requested=self.cancel_requested, done_seq=self.done_seq,
         )
@@ -402,12 +410,11 @@ class MemoryRunRegistry(RunRegistry):
             raise ValueError(f"unknown event level {level!r}; expected one of {sorted(LEVELS)}")
         if data is not None and not isinstance(data, dict):
             raise TypeError(f"event data must be a dict, not {type(data).__name__}")
-        frozen = _freeze(data or {})  # outside the lock: copying big payloads takes time
         with self._lock:
             run = self._runs.get(run_id)
             if run is None or run.finished:
                 return None
-            return self._append_locked(run, level, message, frozen, self._clock())
+            return self._append_locked(run, level, message, data or {}, self._clock())
 
     def finish(self, run_id: str, status: str, *, result: Any = None,
                error: dict | None = None) -> bool:
@@ -430,11 +437,12 @@ class MemoryRunRegistry(RunRegistry):
                 run = self._runs.get(run_id)
                 if run is None:
                     raise RunNotFound(run_id)
-                events = run.events[after_seq:]  # a copy: the caller can't touch our list
-                if events or run.finished:
-                    return ReadResult(events=events, done=run.snapshot() if run.finished else None)
+                wires = run.feed.wire_after(after_seq)
+                done = run.snapshot() if run.finished else None
                 # Taken under the lock, before any later append can swap it.
                 changed = run.feed.signal()
+            if wires or done:
+                return ReadResult(events=[Event.from_json(event_json(wire)) for wire in wires], done=done)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return ReadResult(events=[], done=None)
@@ -502,21 +510,20 @@ class MemoryRunRegistry(RunRegistry):
                        ts: float) -> int | None:
         """Stores an event, applying the per-run limit; the caller holds the lock."""
         # Errors bypass the limit: they are the events a user needs most.
-        if level != "error" and len(run.events) >= self._max_events:
+        if level != "error" and run.feed.last_seq >= self._max_events:
             if not run.truncated:
                 run.truncated = True
-                self._store_locked(run, "warn", "events_truncated",
-                                   _freeze({"limit": self._max_events}), ts)
+                self._store_locked(run, "warn", "events_truncated", {"limit": self._max_events}, ts)
             return None
         return self._store_locked(run, level, message, data, ts)
 
     def _store_locked(self, run: _Run, level: str, message: str, data: dict, ts: float) -> int:
-        seq = len(run.events) + 1
-        event = Event(seq=seq, ts=ts, level=level, message=message, data=data)
-        run.events.append(event)
-        # Encoded here, once for every subscriber of this process; under the lock
-        # because the feed must receive events in seq order.
-        run.feed.publish(seq, encode_log_event(event).encode())
+        seq = run.feed.last_seq + 1
+        # Encoded here, once for every subscriber of this process (the encoding is the
+        # registry's copy of `data`); under the lock because the feed must receive
+        # events in seq order.
+        run.feed.publish(seq, encode_log_event(Event(seq=seq, ts=ts, level=level, message=message,
+                                                     data=data)).encode())
         return seq
 
     def _finish_locked(self, run: _Run, status: str, result: Any, error: dict | None,
@@ -525,7 +532,7 @@ class MemoryRunRegistry(RunRegistry):
         run.finished_at = now
         run.result = result
         run.error = error
-        run.done_seq = len(run.events) + 1
+        run.done_seq = run.feed.last_seq + 1
         del self._live[run.run_id]
         remaining = self._live_by_owner[run.owner] - 1
         if remaining:

@@ -45,6 +45,11 @@ def encode_log_event(ev: Event) -> str:
     return encode_event(_compact_json(ev.to_dict()), event="log", id=ev.seq)
 
 
+def event_json(wire: bytes) -> bytes:
+    """The JSON of a log event from its wire bytes (``encode_log_event``: one ``data:`` line)."""
+    return wire[wire.index(b"\ndata: ") + 7:-2]
+
+
 def encode_done(run: RunInfo) -> str:
     """The final `done` event of a finished run: {run_id, status, result?, error?}."""
     if run.done_seq is None:
