@@ -1,11 +1,13 @@
 """Cost of starting a run: `experts:run` sync (stub LLM) against a bare Flask POST.
 
-Run: python benchmarks/bench_run_start.py [--rounds 3] [--seconds 10] [--mode sync]
+Run: python benchmarks/bench_run_start.py [--rounds 3] [--seconds 10] [--mode sync] [--layers]
 
 Both servers run under gunicorn with chatsvc's own gunicorn.conf.py (one gevent
 worker), one after the other; wrk (Debian package `wrk`) loads each with
 -t2 -c50 in alternating rounds, so machine noise hits both alike. Prints req/s per
-round and the ratio chatsvc / hello (SPEC §13 asks for >= 0.4).
+round and the ratio chatsvc / hello (SPEC §13 asks for >= 0.4). With --layers, each round
+also loads chatsvc's /healthz and an authenticated GET /api/v1/experts/{id}: what the
+request path costs before a run is involved.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def wrk(url: str, body: dict, headers: dict[str, str], seconds: int) -> float:
+def wrk(url: str, body: dict | None, headers: dict[str, str], seconds: int) -> float:
+    """Requests per second: a POST of ``body`` as JSON, or a GET when ``body`` is None."""
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.format(body=json.dumps(body), headers=lines))
+        if body is None:
+            script.write(lines)
+        else:
+            script.write(WRK_SCRIPT.format(body=json.dumps(body), headers=lines))
     out = subprocess.run(["wrk", "-t2", "-c50", f"-d{seconds}s", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out:
@@ -50,6 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--mode", default="sync", choices=["sync", "async"])
+    parser.add_argument("--layers", action="store_true", help="also /healthz and an authenticated GET")
     args = parser.parse_args()
     env = {"CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER": "100000", "CHATSVC_RUN_TTL_SECONDS": "5"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +77,11 @@ def main() -> None:
                 ratios.append(runs / base)
                 print(f"round {n + 1}: hello {base:8.0f} req/s   experts:run {args.mode} {runs:7.0f} req/s"
                       f"   ratio {runs / base:.2f}", flush=True)
+                if args.layers:
+                    health = wrk(chatsvc.url + "/healthz", None, {}, args.seconds)
+                    read = wrk(f"{chatsvc.url}/api/v1/experts/{seed['expert_id']}", None, admin, args.seconds)
+                    print(f"         /healthz {health:7.0f} req/s ({health / base:.2f})   GET expert "
+                          f"{read:7.0f} req/s ({read / base:.2f})", flush=True)
             print(f"median ratio {sorted(ratios)[len(ratios) // 2]:.2f}")
         finally:
             chatsvc.stop()
