@@ -123,11 +123,11 @@ class RegistryUnavailable(ServiceUnavailable):
 
 
 # --- Read-only containers -----------------------------------------------------
-# Every reader of a run receives the same Event objects (copying each event for
-# each of N subscribers would cost N copies per append). So that one caller
-# cannot change what the others see, event data, results and errors are stored
-# as read-only subclasses of dict/list: they still are dicts and lists for
-# isinstance checks, `==`, json.dumps and jsonify, but refuse in-place changes.
+# Every reader of a run receives the same result and error objects (RunInfo
+# snapshots share them). So that one caller cannot change what the others see,
+# results, errors and the data of events handed out by `read()` are read-only
+# subclasses of dict/list: they still are dicts and lists for isinstance checks,
+# `==`, json.dumps and jsonify, but refuse in-place changes.
 # `copy.deepcopy(x)` returns plain, mutable dicts and lists.
 
 

@@ -224,8 +224,8 @@ _EDGES_OF = (select(_edges.source_id, _edges.target_id)
 def workflow_for_run(caller: Caller, workflow_id: int) -> StoredWorkflow:
     """The workflow and its graph, under the same rule as ``workflow_for_use``.
 
-    Plain rows, not ORM objects: a workflow of a thousand nodes starts in a few
-    milliseconds rather than a hundred.
+    Plain rows, not ORM objects: a workflow of 150 nodes starts in about 3 ms
+    rather than 10 (benchmarks/bench_workflow_start.py).
     """
     row = _row_for_run(caller, Workflow, _WORKFLOW_FOR_RUN, workflow_id)
     connection = db.session.connection()
