@@ -1,4 +1,4 @@
-"""Helpers for endpoint tests of runs: read a run's SSE stream, poll a run with a deadline."""
+"""Helpers for tests of runs: read a run's SSE stream, poll a run with a deadline, a clock to move by hand."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+
+class FakeClock:
+    """A wall clock for a registry that the test moves by hand (run timeouts, TTLs)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,9 @@ from chatsvc.errors import ServiceUnavailable, TooManyRequests
 from chatsvc.runs.executor import RunContext, RunExecutor, RunOutcome
 from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.registry import MemoryRunRegistry, RunInfo
+from tests.helpers.runs import FakeClock
 
 WAIT = 5.0  # upper bound for anything that should happen "at once"
-
-
-class FakeClock:
-    """A wall clock for the registry that the test moves by hand (run timeouts, TTLs)."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Gate:

@@ -24,16 +24,9 @@ from chatsvc.runs.registry import (
 )
 from chatsvc.runs.sse import encode_done, encode_event, encode_log_event
 from tests.helpers.redis_support import RedisServer, delete_prefix, prefix_keys, redis_url, unique_prefix
+from tests.helpers.runs import FakeClock
 
 WAIT = 5.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_763_700_000.25) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -35,18 +35,9 @@ from chatsvc.runs.registry import (
 )
 from chatsvc.runs.shape import RunSchema, run_fields
 from tests.helpers.redis_support import delete_prefix, redis_url, unique_prefix
+from tests.helpers.runs import FakeClock
 
 WAIT = 5.0  # generous upper bound for anything that should happen "at once"
-
-
-class FakeClock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -317,6 +308,15 @@ def test_read_of_finished_run_returns_done_at_once(registry):
     assert result.events == [] and result.done.done_seq == 2
 
 
+def blocked_reader(registry, run_id: str) -> tuple[threading.Thread, dict]:
+    """A thread blocked in ``read(run_id, 0)``; its ReadResult lands in ``outcome["r"]``."""
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(r=registry.read(run_id, 0, timeout=10)))
+    thread.start()
+    wait_for_waiters(registry, run_id, 1)
+    return thread, outcome
+
+
 def test_blocked_reader_wakes_on_append_within_milliseconds(registry):
     run = new_run(registry)
     outcome = {}
@@ -340,11 +340,7 @@ def test_blocked_reader_wakes_on_append_within_milliseconds(registry):
 
 def test_blocked_reader_wakes_on_finish(registry):
     run = new_run(registry)
-    outcome = {}
-    thread = threading.Thread(
-        target=lambda: outcome.update(r=registry.read(run.run_id, 0, timeout=10)))
-    thread.start()
-    wait_for_waiters(registry, run.run_id, 1)
+    thread, outcome = blocked_reader(registry, run.run_id)
     registry.finish(run.run_id, "cancelled")
     thread.join(WAIT)
     assert not thread.is_alive()
@@ -497,11 +493,7 @@ def test_gc_fails_runs_that_exceed_the_run_timeout(memory_registry, clock):  # t
 def test_reader_waiting_on_a_timed_out_run_gets_done(memory_registry, clock):  # time travel
     registry = memory_registry
     run = new_run(registry)
-    outcome = {}
-    thread = threading.Thread(
-        target=lambda: outcome.update(r=registry.read(run.run_id, 0, timeout=10)))
-    thread.start()
-    wait_for_waiters(registry, run.run_id, 1)
+    thread, outcome = blocked_reader(registry, run.run_id)
     registry.gc(now=clock.now + 31)
     thread.join(WAIT)
     assert not thread.is_alive()
