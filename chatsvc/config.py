@@ -18,6 +18,9 @@ DEV_JWT_SECRET = "chatsvc-development-secret-do-not-use-in-production"
 __all__ = ["Config", "ConfigError", "DEV_JWT_SECRET", "current_config"]
 
 
+_MAY_BE_ZERO = {"stream_access_cache_seconds"}  # numeric settings where 0 means "off"
+
+
 @dataclass(frozen=True)
 class Config:
     env: str = "production"
@@ -36,6 +39,7 @@ class Config:
     sync_timeout_seconds: float = 30.0
     sse_heartbeat_seconds: float = 20.0
     stream_token_max_age_seconds: int = 3600
+    stream_access_cache_seconds: float = 1.0  # 0: every stream open asks the database
     max_events_per_run: int = 10_000
     max_live_runs: int = 5_000
     executor_workers: int | None = None  # None: every live run at once under gevent, else 32
@@ -76,6 +80,7 @@ class Config:
             sync_timeout_seconds=env_float(env, "CHATSVC_SYNC_TIMEOUT_SECONDS", 30.0),
             sse_heartbeat_seconds=env_float(env, "CHATSVC_SSE_HEARTBEAT_SECONDS", 20.0),
             stream_token_max_age_seconds=env_int(env, "CHATSVC_STREAM_TOKEN_MAX_AGE_SECONDS", 3600),
+            stream_access_cache_seconds=env_float(env, "CHATSVC_STREAM_ACCESS_CACHE_SECONDS", 1.0),
             max_events_per_run=env_int(env, "CHATSVC_MAX_EVENTS_PER_RUN", 10_000),
             max_live_runs=env_int(env, "CHATSVC_MAX_LIVE_RUNS", 5_000),
             executor_workers=env_int(env, "CHATSVC_EXECUTOR_WORKERS", 0) or None,
@@ -103,7 +108,12 @@ class Config:
             )
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if f.name in _MAY_BE_ZERO:
+                if value < 0:
+                    raise ConfigError(f"CHATSVC_{f.name.upper()} must not be negative")
+            elif value <= 0:
                 raise ConfigError(f"CHATSVC_{f.name.upper()} must be positive")
         if self.llm_provider not in ("stub", "openai"):
             raise ConfigError("CHATSVC_LLM_PROVIDER must be 'stub' or 'openai'")

@@ -1,4 +1,4 @@
-"""The app-wide container: run registry, logger, executor, LLM provider, stream tokens, metrics.
+"""The app-wide container: run registry, logger, executor, LLM provider, stream tokens and grants, metrics.
 
 It wires ``runs/`` (registry, executor), ``services/`` (LLM provider, JSONata
 evaluators) and ``metrics`` together, so it sits above all of them; views reach it
@@ -21,6 +21,7 @@ from chatsvc.runs.executor import RunExecutor, default_workers
 from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.registry import RunInfo, RunRegistry
 from chatsvc.runs.tokens import StreamTokens
+from chatsvc.security.permissions import StreamGrants
 from chatsvc.services import jsonata_pool
 from chatsvc.services.llm import LLMProvider, make_provider
 
@@ -36,6 +37,7 @@ class Runtime:
     provider: LLMProvider
     tokens: StreamTokens
     metrics: Metrics
+    stream_grants: StreamGrants
     _shutdown_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _shut_down: bool = False
 
@@ -59,7 +61,8 @@ class Runtime:
             timeout_seconds=config.llm_timeout_seconds,
         )
         tokens = StreamTokens(config.effective_jwt_secret, config.stream_token_max_age_seconds)
-        return cls(config, registry, logger, executor, provider, tokens, metrics)
+        stream_grants = StreamGrants(config.stream_access_cache_seconds)
+        return cls(config, registry, logger, executor, provider, tokens, metrics, stream_grants)
 
     def shutdown(self, grace_seconds: float = 0.0) -> None:
         """Stop this process's part in runs: no new ones, ``grace_seconds`` for the live ones.

@@ -9,10 +9,14 @@ from datetime import datetime
 import itsdangerous.timed
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete, event
 
+from chatsvc.extensions import db
+from chatsvc.models import Membership
 from chatsvc.runtime import EXTENSION_KEY
 from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done, encode_log_event
-from tests.helpers.runs import parse_sse, poll, read_events
+from chatsvc.security.permissions import StreamGrants
+from tests.helpers.runs import FakeClock, parse_sse, poll, read_events
 
 CHAT = "/api/v1/chat"
 RUN_FIELDS = {"run_id", "kind", "target_id", "team_id", "status", "created_at", "started_at",
@@ -358,7 +362,9 @@ def test_stream_token_is_bound_to_its_run(client, world, finished_run):
 ])
 def test_stream_token_is_refused_once_its_caller_could_not_see_the_run(client, world, caller, revoke):
     body = run_workflow(client, world, world.workflow, caller).get_json()
-    assert client.get(body["events_url"]).status_code == 200  # the token works while access lasts
+    # The token works while access lasts; that "yes" may be reused for a second
+    # (StreamGrants), but the change below is committed by this process: it applies at once.
+    assert client.get(body["events_url"]).status_code == 200
     admin = world.headers["platform_admin"]
     user, service = world.users["member"], world.services["linked_service"]
     rv = {
@@ -375,6 +381,66 @@ def test_stream_token_is_refused_once_its_caller_could_not_see_the_run(client, w
     assert "can no longer see" in body401["message"]
     if revoke in ("leave the team", "unlink the workflow"):  # its credentials still work: the run is gone
         assert_envelope(client.get(f"{CHAT}/runs/{body['run_id']}", headers=world.headers[caller]), 404)
+
+
+def statements_during(app, action) -> int:
+    """How many SQL statements ``action()`` sent to the database."""
+    with app.app_context():
+        engine = db.engine
+    sent = []
+
+    def count(*args) -> None:
+        sent.append(1)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        action()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(sent)
+
+
+def remove_member_elsewhere(app, world) -> None:
+    """Take the member out of the team as another worker, host or the CLI would: not through
+    this process's session, so no commit of this process tells it."""
+    memberships = Membership.__table__
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(delete(memberships).where(memberships.c.user_id == world.users["member"].id))
+
+
+def reusing_grants(app, seconds: float = 1.0) -> FakeClock:
+    """Give the app stream grants on a clock the test moves; that clock."""
+    clock = FakeClock()
+    app.extensions[EXTENSION_KEY].stream_grants = StreamGrants(seconds, clock=clock)
+    return clock
+
+
+def test_stream_opens_reuse_a_recent_access_check(client, app, finished_run):
+    """Many EventSources (re)connecting to one run ask the database once, not once each."""
+    reusing_grants(app)
+
+    def open_stream() -> None:
+        stream_text(client.get(finished_run["events_url"]))
+
+    assert statements_during(app, open_stream) > 0
+    assert statements_during(app, open_stream) == 0
+
+
+def test_access_removed_elsewhere_refuses_stream_opens_once_the_setting_has_passed(client, app, world, finished_run):
+    clock = reusing_grants(app, seconds=1.0)
+    assert client.get(finished_run["events_url"]).status_code == 200
+    remove_member_elsewhere(app, world)
+    assert client.get(finished_run["events_url"]).status_code == 200  # the answer of a moment ago
+    clock.now += 1.0
+    body = assert_envelope(client.get(finished_run["events_url"]), 401)
+    assert "can no longer see" in body["message"]
+
+
+@settings(stream_access_cache_seconds=0)
+def test_without_reuse_access_removed_elsewhere_refuses_the_next_open(client, app, world, finished_run):
+    assert client.get(finished_run["events_url"]).status_code == 200
+    remove_member_elsewhere(app, world)
+    assert_envelope(client.get(finished_run["events_url"]), 401)
 
 
 def test_expired_stream_token_is_refused(client, finished_run, monkeypatch):

@@ -12,7 +12,7 @@ from flask_smorest import Blueprint
 from chatsvc.runs.registry import RegistryUnavailable, RunNotFound, RunRegistry
 from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
 from chatsvc.runtime import current_runtime
-from chatsvc.security.caller import caller_for_stream_token, get_caller, has_credentials
+from chatsvc.security.caller import get_caller, has_credentials, stream_token_caller_key
 from chatsvc.security.permissions import run_for_stream_token, visible_run
 
 from .schemas import ErrorSchema
@@ -84,8 +84,8 @@ class RunEvents(MethodView):
         args = request.args
         token = args.get("token")
         if token and not has_credentials():
-            caller = caller_for_stream_token(runtime.tokens, token, run_id)
-            info = run_for_stream_token(caller, runtime.registry, run_id)
+            caller_key = stream_token_caller_key(runtime.tokens, token, run_id)
+            info = run_for_stream_token(caller_key, runtime.registry, run_id, runtime.stream_grants)
         else:
             info = visible_run(get_caller(), runtime.registry, run_id)
         after_seq = parse_last_event_id(request.headers.get("Last-Event-ID") or args.get("last_event_id"))

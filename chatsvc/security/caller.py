@@ -198,17 +198,16 @@ def has_credentials() -> bool:
     return bool(request.headers.get("Authorization") or request.headers.get(API_KEY_HEADER))
 
 
-def caller_for_stream_token(tokens: StreamTokens, token: str, run_id: str) -> Caller | None:
-    """The caller a stream token for ``run_id`` was issued to, as it is *today*.
+def stream_token_caller_key(tokens: StreamTokens, token: str, run_id: str) -> str:
+    """The key of the caller a stream token for ``run_id`` was issued to (``user:3``).
 
-    401 if the token is not genuine, has expired or names another run; None if its
-    caller has since been deleted or disabled (``permissions.run_for_stream_token``
-    refuses the stream then).
+    401 if the token is not genuine, has expired or names another run. Whether that
+    caller may still see the run is ``permissions.run_for_stream_token``'s question.
     """
     caller_key = tokens.caller_key(token, run_id)
     if caller_key is None:
         raise Unauthorized("Invalid or expired stream token for this run")
-    return caller_for_key(caller_key)
+    return caller_key
 
 
 def init_app(app: Flask) -> None:

@@ -13,10 +13,12 @@ is 404, as if it did not exist.
 
 from __future__ import annotations
 
+import itertools
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
-from sqlalchemy import Select, bindparam, exists, select
+from sqlalchemy import Select, bindparam, event, exists, select
 from sqlalchemy.orm import Session
 
 from chatsvc.errors import Forbidden, NotFound, Unauthorized
@@ -32,7 +34,7 @@ from chatsvc.models import (
     WorkflowService,
     is_possible_id,
 )
-from chatsvc.security.caller import Caller
+from chatsvc.security.caller import Caller, caller_for_key
 from chatsvc.services.expert_runner import ExpertSnapshot
 from chatsvc.services.nodes import ExpertNode
 from chatsvc.services.workflow_graph import check_graph
@@ -330,16 +332,75 @@ def visible_run(caller: Caller, registry: RunRegistry, run_id: str) -> RunInfo:
     return run
 
 
-def run_for_stream_token(caller: Caller | None, registry: RunRegistry, run_id: str) -> RunInfo:
-    """The run a valid stream token names, for the caller it was issued to.
+# --- stream opens ------------------------------------------------------------------
+
+
+_TOKEN_CALLER_GONE = "This stream token's caller can no longer see the run"
+_last_commit = 0  # which commit of this process came last (StreamGrants)
+_commits = itertools.count(1)
+
+
+@event.listens_for(db.session, "after_commit")
+def _note_commit(session: Session) -> None:
+    """Any commit may have changed who may see what: StreamGrants stop reusing earlier answers."""
+    global _last_commit
+    _last_commit = next(_commits)
+
+
+class StreamGrants:
+    """Recent "yes" answers to: may the caller a stream token names still see this run?
+
+    Every open of a stream with a token asks the database whether its caller still
+    exists and may still see the run (a removed member, a disabled or unlinked
+    service is refused). 10,000 EventSources (re)connecting to one run at once would
+    ask the same question 10,000 times, so a "yes" is reused for up to ``seconds``
+    (``CHATSVC_STREAM_ACCESS_CACHE_SECONDS``). Every commit made by this process
+    forgets them all: a change made through this process applies to the next open at
+    once, one made elsewhere (another worker or host, the CLI) within ``seconds``.
+    ``seconds=0``: ask every time. An open stream is never cut off either way.
+
+    Plain dict operations, no lock (as ``caller.VerifiedTokens``); cleared when full.
+    """
+
+    def __init__(self, seconds: float, size: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = seconds
+        self._size = size
+        self._clock = clock
+        self._items: dict[tuple[str, str], tuple[int, float]] = {}  # (caller, run) -> (last commit, until)
+
+    def allowed(self, caller_key: str, run_id: str, ask: Callable[[], bool]) -> bool:
+        """``ask()``'s answer, or a "yes" it gave less than ``seconds`` ago with no commit since."""
+        key = (caller_key, run_id)
+        as_of = _last_commit  # read before asking: a commit made while we ask voids the answer
+        held = self._items.get(key)
+        if held is not None and held[0] == as_of and self._clock() < held[1]:
+            return True
+        if not ask():
+            return False
+        if self._seconds > 0:
+            if len(self._items) >= self._size:
+                self._items = {}
+            self._items[key] = (as_of, self._clock() + self._seconds)
+        return True
+
+
+def run_for_stream_token(caller_key: str, registry: RunRegistry, run_id: str, grants: StreamGrants) -> RunInfo:
+    """The run a genuine stream token names, for the caller it was issued to (``caller_key``).
 
     The token proved that caller could see the run when it was issued. If the
-    caller is gone or disabled (None) or has lost access since, the token is what
+    caller is gone or disabled or has lost access since, the token is what
     failed: 401, not 404.
     """
     run = registry.get(run_id)
-    if caller is None or (run is not None and not can_see_run(caller, run)):
-        raise Unauthorized("This stream token's caller can no longer see the run")
     if run is None:
+        if caller_for_key(caller_key) is None:
+            raise Unauthorized(_TOKEN_CALLER_GONE)
         raise NotFound(f"Run {run_id} not found")
+
+    def may_still_see() -> bool:
+        caller = caller_for_key(caller_key)
+        return caller is not None and can_see_run(caller, run)
+
+    if not grants.allowed(caller_key, run_id, may_still_see):
+        raise Unauthorized(_TOKEN_CALLER_GONE)
     return run

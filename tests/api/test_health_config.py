@@ -51,3 +51,17 @@ def test_development_starts_without_jwt_secret(make_config):
         assert app.test_client().get("/healthz").status_code == 200
     finally:
         app.extensions["chatsvc.shutdown"]()
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("CHATSVC_RUN_TTL_SECONDS", "0", "CHATSVC_RUN_TTL_SECONDS must be positive"),
+    ("CHATSVC_STREAM_ACCESS_CACHE_SECONDS", "-1", "CHATSVC_STREAM_ACCESS_CACHE_SECONDS must not be negative"),
+    ("CHATSVC_STREAM_ACCESS_CACHE_SECONDS", "0", None),  # 0 turns the reuse off
+])
+def test_numeric_settings_are_checked(name, value, error):
+    config = Config.from_env({"CHATSVC_JWT_SECRET": "x" * 32, name: value})
+    if error is None:
+        config.validate()
+    else:
+        with pytest.raises(ConfigError, match=error):
+            config.validate()
