@@ -9,7 +9,8 @@ event to N subscribers costs N socket writes and no encoding.
 
 Concurrency: one writer per feed (the registry under its lock, or the follower),
 any number of readers, no lock on the read path. The chunk list only grows, and
-each publish swaps in a fresh ``threading.Event`` and sets the old one: waking
+each wake-up (every publish, or a ``wake()`` after publishes that held their events
+back) swaps in a fresh ``threading.Event`` and sets the old one: waking
 N readers is N cheap switches (under gevent, greenlet switches scheduled by the
 hub), and they do not queue on a shared lock afterwards. A reader takes the
 current Event *before* it looks at the chunks, so an append that lands between
@@ -33,33 +34,52 @@ class FeedRead(NamedTuple):
 class RunFeed:
     """Encoded events of one run in this process, and the signal that wakes its readers."""
 
-    __slots__ = ("_chunks", "_done", "_wake", "subscribers", "__weakref__")
+    __slots__ = ("_chunks", "_held", "_done", "_wake", "subscribers", "__weakref__")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []  # _chunks[i] is the wire bytes of seq i + 1
+        self._held: list[bytes] = []  # published with wake=False: readers see them at wake()
         self._done: bytes | None = None  # wire bytes of `done`, once the run ended
         self._wake = threading.Event()  # set (and replaced) on every publish
         self.subscribers = 0  # local readers; the registry's bookkeeping, not the feed's
 
     @property
     def last_seq(self) -> int:
-        return len(self._chunks)
+        """The last seq published (held events included: the writer's view)."""
+        return len(self._chunks) + len(self._held)
 
     @property
     def finished(self) -> bool:
         return self._done is not None
 
-    def publish(self, seq: int, wire: bytes) -> None:
-        """Adds the event numbered ``seq`` (the writer keeps them in order, no gaps)."""
-        if seq != len(self._chunks) + 1:
-            raise ValueError(f"feed expected seq {len(self._chunks) + 1}, got {seq}")
-        self._chunks.append(wire)
+    def publish(self, seq: int, wire: bytes, *, wake: bool = True) -> None:
+        """Adds the event numbered ``seq`` (the writer keeps them in order, no gaps).
+
+        ``wake=False`` holds it back from readers until ``wake()``: the Redis follower
+        gathers events that arrive close together, so that every subscriber writes
+        them in one chunk (as with the memory registry, which appends them back to back).
+        """
+        if seq != self.last_seq + 1:
+            raise ValueError(f"feed expected seq {self.last_seq + 1}, got {seq}")
+        self._held.append(wire)
+        if wake:
+            self.wake()
+
+    def wake(self) -> None:
+        """Shows readers the events held so far and wakes those waiting."""
+        self._release()
         wake, self._wake = self._wake, threading.Event()
         wake.set()
+
+    def _release(self) -> None:
+        if self._held:  # no new list per event: this runs on every publish
+            self._chunks += self._held  # one C-level extend: readers see all of them or none
+            self._held.clear()
 
     def close(self, done_wire: bytes) -> None:
         """The run ended: readers get ``done`` after the last event, then stop."""
         if self._done is None:
+            self._release()
             self._done = done_wire
             self._wake.set()
 
@@ -69,6 +89,7 @@ class RunFeed:
         ``EventSource`` then reconnects and resumes after the last event it got.
         """
         if self._done is None:
+            self._release()
             self._done = b""
             self._wake.set()
 

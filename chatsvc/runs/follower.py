@@ -6,7 +6,9 @@ after that a single connection follows *all* such runs with one
 ``XREAD BLOCK`` over their streams and publishes what it reads into their
 feeds, each event encoded to SSE bytes once for the whole process. So 10,000
 subscribers on one worker cost this one connection plus the registry's small
-command pool, whatever the number of runs.
+command pool, whatever the number of runs. Events read for a run are held for
+``GATHER_MS`` before its subscribers see them, so events appended a round trip apart
+reach each subscriber in one write.
 
 When the set of followed runs changes, the blocked ``XREAD`` is interrupted
 at once: it also reads this process's own *wake* stream, and a new run adds an
@@ -19,8 +21,10 @@ reached, every feed is aborted: open streams end without ``done`` and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatsvc.runs")
 
 BLOCK_MS = 5_000  # longest XREAD BLOCK; a change of the followed runs interrupts it
+# How long events read for a run are held before its subscribers see them, with whatever
+# arrived meanwhile: a job appends `node_output` and the next `node_start` one Redis round
+# trip apart (more when the worker is busy), and every chunk a subscriber sees costs it a
+# socket write. So a run's subscribers are woken at most once per GATHER_MS.
+GATHER_MS = 5
 WAKE_TTL_SECONDS = 3600  # the wake stream of a process that died goes away by itself
 RETRY_SECONDS = 1.0  # pause after a failed read before connecting again
 LOAD_WAIT_SECONDS = 10.0  # how long a subscriber waits for another's backlog load
@@ -172,53 +181,68 @@ class RedisFollower:
 
     def _read_loop(self) -> None:
         stop = self._stop
+        held: dict[RunFeed, float] = {}  # feed -> when its subscribers see the events it holds
         while not stop.is_set():
             self._changed.clear()
             self._wake_pending = False
             streams = self._streams()
             if not streams:
+                _show_due(held, math.inf)
                 self._changed.wait(1.0)
                 continue
+            block_ms: int | None = BLOCK_MS
+            if held:  # let what follows closely arrive, then read it without blocking
+                stop.wait(max(0.0, min(held.values()) - time.monotonic()))
+                block_ms = None
             streams[self._wake_key] = self._wake_seen
             try:
-                reply = self._read(streams)
+                reply = self._read(streams, block_ms)
             except _UNAVAILABLE as exc:
                 log.warning("run follower: Redis unavailable (%s); closing this process's streams", exc)
-                self._drop_connection()
-                self._abort_all()
-                stop.wait(RETRY_SECONDS)
+                self._fail(held)
                 continue
             except Exception:
                 log.exception("run follower: read failed; closing this process's streams")
-                self._drop_connection()
-                self._abort_all()
-                stop.wait(RETRY_SECONDS)
+                self._fail(held)
                 continue
+            due = time.monotonic() + GATHER_MS / 1000
             for stream, entries in reply or ():
                 if stream == self._wake_key:
                     self._wake_seen = entries[-1][0]
-                else:
-                    self._publish(stream, entries)
+                elif feed := self._publish(stream, entries):
+                    held.setdefault(feed, due)
+            _show_due(held, time.monotonic())
 
-    def _read(self, streams: dict[str, str]) -> list:
+    def _fail(self, held: dict[RunFeed, float]) -> None:
+        """After a failed read: abort every feed (held events go out first), wait, connect again."""
+        held.clear()
+        self._drop_connection()
+        self._abort_all()
+        self._stop.wait(RETRY_SECONDS)
+
+    def _read(self, streams: dict[str, str], block_ms: int | None) -> list:
         if self._client is None:
             self._client = self._registry.dedicated_client(read_timeout=BLOCK_MS / 1000 + 5)
-        return self._client.xread(streams, block=BLOCK_MS)
+        return self._client.xread(streams, block=block_ms)
 
-    def _publish(self, stream: str, entries: list) -> None:
+    def _publish(self, stream: str, entries: list) -> RunFeed | None:
+        """Gives a run's feed the events read from its stream, held; that feed if it got any."""
         run_id = self._registry.run_id_of_stream(stream)
         entry = self._runs.get(run_id)
         if entry is None:
-            return  # its last subscriber left meanwhile
+            return None  # its last subscriber left meanwhile
         feed = entry.feed
+        published = False
         for entry_id, fields in entries:
             seq = int(entry_id.partition("-")[2])
             if seq <= feed.last_seq or feed.finished:
                 continue  # already published (the backlog and the read overlap)
             if "e" in fields:
-                feed.publish(seq, log_wire(seq, fields["e"]))
+                feed.publish(seq, log_wire(seq, fields["e"]), wake=False)
+                published = True
             elif "d" in fields:
                 feed.close(encode_event(fields["d"], event="done", id=seq).encode())
+        return feed if published else None
 
     def _drop_connection(self) -> None:
         client, self._client = self._client, None
@@ -233,3 +257,10 @@ class RedisFollower:
             entries, self._runs = list(self._runs.values()), {}
         for entry in entries:
             entry.feed.abort()
+
+
+def _show_due(held: dict[RunFeed, float], now: float) -> None:
+    """Wakes the subscribers of every held feed that is due by ``now``."""
+    for feed in [feed for feed, due in held.items() if due <= now]:
+        del held[feed]
+        feed.wake()

@@ -55,6 +55,22 @@ def test_publish_out_of_order_is_refused():
         feed.publish(2, wire(2))
 
 
+def test_held_events_reach_readers_together_at_the_wake_up():
+    """publish(wake=False) (the Redis follower gathering): readers see nothing until wake(),
+    then every held event in one chunk; closing shows held events before `done`."""
+    feed = RunFeed()
+    woken = feed.signal()
+    feed.publish(1, wire(1), wake=False)
+    feed.publish(2, wire(2), wake=False)
+    assert feed.last_seq == 2  # the writer's view: the next seq it may publish is 3
+    assert feed.read(0, 0) == (b"", 0, False) and not woken.is_set()
+    feed.wake()
+    assert woken.is_set() and feed.read(0, 0) == (wire(1) + wire(2), 2, False)
+    feed.publish(3, wire(3), wake=False)
+    feed.close(b"done\n\n")
+    assert feed.read(2, 0) == (wire(3) + b"done\n\n", 3, True)
+
+
 def test_idle_read_waits_for_the_timeout():
     feed = RunFeed()
     started = time.monotonic()

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from chatsvc.config import Config, ConfigError
+from chatsvc.runs import follower
 from chatsvc.runs.backends import create_registry
 from chatsvc.runs.redis_registry import RedisRunRegistry
 from chatsvc.runs.registry import (
@@ -178,6 +179,31 @@ def test_sse_wire_is_byte_identical_to_the_memory_backend(make):
         wires.append(wire.replace(run.run_id.encode(), b"RUN"))
     assert wires[0] == wires[1]
     assert wires[0].count(b"event: log") == 6 and b"events_truncated" in wires[0]
+
+
+def test_events_appended_close_together_reach_subscribers_in_one_wake_up(make, monkeypatch):
+    """The follower holds what it reads for a run GATHER_MS before the run's subscribers see it,
+    so a job's `node_output` and the `node_start` that follows a round trip later go out in
+    one write (as with the memory registry, which appends them back to back)."""
+    monkeypatch.setattr(follower, "GATHER_MS", 1000)  # wide, so this machine's timing cannot matter
+    reg = make()
+    run = new_run(reg)
+    reg.mark_running(run.run_id)
+    with reg.subscribe(run.run_id) as feed:
+        woken = feed.signal()
+        reg.append(run.run_id, "info", "node_output")
+        wait_until(lambda: feed.last_seq == 1)  # the follower has read it...
+        assert feed.read(0, 0).last_seq == 0 and not woken.is_set()  # ...and holds it
+        reg.append(run.run_id, "info", "node_start")
+        assert woken.wait(WAIT)
+        found = feed.read(0, 0)
+        assert found.last_seq == 2 and found.data.count(b"event: log") == 2
+        # A run's end is not held: `done` goes out with what was held before it.
+        reg.append(run.run_id, "info", "last")
+        wait_until(lambda: feed.last_seq == 3)
+        reg.finish(run.run_id, "succeeded")
+        found = feed.read(2, WAIT)
+        assert found.finished and found.last_seq == 3 and b"event: done" in found.data
 
 
 def test_a_process_never_opens_more_than_its_pool_of_connections(make):
