@@ -37,6 +37,7 @@ from jsonata.tokenizer import Tokenizer
 from jsonata.utils import Utils
 
 _DEPTH_EXCEEDED = "recursion depth exceeded"
+OUT_OF_MEMORY = "evaluation error: out of memory"  # the evaluator process's address space is full
 
 # Tokens after which `[` opens a predicate on a step (`input.items[*]`, `$list[*]`, `f(x)[*]`)
 # rather than an array constructor (`$count([*])`, `a * [*]`).
@@ -159,7 +160,11 @@ class _Bounds:
 
 
 def evaluate(expr: str, data: Any, *, timeout_ms: int = 500, max_depth: int = 100) -> Any:
-    """Evaluate ``expr`` against JSON-like ``data``; raises only ExpressionError (undefined included)."""
+    """Evaluate ``expr`` against JSON-like ``data``; raises ExpressionError (undefined included).
+
+    MemoryError and SystemError are the interpreter running out, not the expression failing:
+    they pass through to the evaluator process, which answers and asks to be replaced.
+    """
     compiled = compile_expression(expr)
     # Per call: a shallow copy (shares the read-only AST) carrying this call's input, frame and
     # timestamp, with this thread's own parser (partial application re-parses at run time).
@@ -173,6 +178,8 @@ def evaluate(expr: str, data: Any, *, timeout_ms: int = 500, max_depth: int = 10
         result = instance.evaluate(data, bounds.bindings())
     except RecursionError:
         raise ExpressionError(_DEPTH_EXCEEDED) from None
+    except (MemoryError, SystemError):
+        raise
     except Exception as exc:  # JException, and plain Python errors the library lets through
         raise ExpressionError(bounds.tripped or f"evaluation error: {exc}") from exc
     finally:

@@ -5,8 +5,9 @@ one round trip to an idle child of this process's pool evaluates a whole templat
 expressions. The child applies the cooperative bounds of ``jsonata_eval``; on top, the
 server waits for each answer no longer than the expression's time limit (plus a small
 grace) and otherwise kills the child — a single built-in call (a catastrophic regex, a
-huge range or sort) cannot hold the server, whatever it does. A killed or crashed child
-is replaced in the background; the expression it was running gets a timeout or an error.
+huge range or sort) cannot hold the server, whatever it does. A child stuck at its memory
+cap is killed at once. A killed or crashed child is replaced in the background; the
+expression it was running gets a timeout or an error.
 
 Concurrency: a child serves one caller at a time. Callers wait for a free child no longer
 than their own time limit (then: the same timeout reason).
@@ -38,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
-from chatsvc.services.jsonata_eval import ExpressionError
+from chatsvc.services.jsonata_eval import OUT_OF_MEMORY, ExpressionError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 SUSPECT_SECONDS = 600  # an expression that ran out of time stays a suspect this long
 MAX_SUSPECTS = 1000
 STARTUP_SECONDS = 15  # a new evaluator must say "ready" within this
+# A child still evaluating with its address space this close to its cap is stuck allocating
+# (CPython can spin there until killed rather than raise MemoryError): it is stopped at the
+# next check, as out of memory, instead of holding its evaluator until the time limit.
+MEMORY_FULL_SHARE = 0.95
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsonata_worker.py")
 DEFAULT_WORKERS = 4
 DEFAULT_MEMORY_MB = 512
@@ -62,10 +67,15 @@ class _ChildGone(Exception):
     """The evaluator process exited or closed its pipe."""
 
 
+class _MemoryFull(Exception):
+    """The evaluator's address space reached its cap while it was still evaluating."""
+
+
 class _Child:
     """One evaluator process and its pipes."""
 
     def __init__(self, memory_mb: int) -> None:
+        self.memory_mb = memory_mb
         self.process = subprocess.Popen(
             [sys.executable, WORKER_SCRIPT, str(memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
@@ -117,14 +127,30 @@ class _Child:
         except (OSError, IndexError, ValueError):
             return None
 
+    def memory_full(self) -> bool:
+        """Whether the child's address space is at its cap (Linux ``/proc``; False where unknown)."""
+        try:
+            with open(f"/proc/{self.pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"VmSize:"):
+                        return int(line.split()[1]) >= MEMORY_FULL_SHARE * self.memory_mb * 1024
+        except (OSError, IndexError, ValueError):
+            pass
+        return False
+
     def await_reply(self, deadline: float) -> bytes | None:
         """The next reply line, or None at ``deadline``; a child that keeps a CPU busy
-        meanwhile is demoted (where CPU time is unknown: once it runs past one check)."""
+        meanwhile is demoted (where CPU time is unknown: once it runs past one check).
+        Raises _MemoryFull once the child is stuck at its memory cap."""
         cpu_before = None
         while True:
             line = self.read_line(min(deadline, time.monotonic() + DEMOTE_CHECK_SECONDS))
-            if line is not None or time.monotonic() >= deadline:
+            if line is not None:
                 return line
+            if self.memory_full():
+                raise _MemoryFull()
+            if time.monotonic() >= deadline:
+                return None
             cpu = self.cpu_seconds()
             if cpu is None or (cpu_before is not None and cpu - cpu_before >= BUSY_SHARE * DEMOTE_CHECK_SECONDS):
                 self.demote()
@@ -211,11 +237,17 @@ class EvaluatorPool:
         if child is None:
             return [timeout]  # no child free in time: this expression timed out waiting
         results: list[Any | ExpressionError] = []
-        healthy = False
+        healthy = retire = False
         try:
             child.send(request)
             for expr in exprs:
-                line = child.await_reply(time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS)
+                try:
+                    line = child.await_reply(time.monotonic() + timeout_ms / 1000 + GRACE_SECONDS)
+                except _MemoryFull:
+                    log.warning("jsonata evaluator %s killed: an expression filled its %d MB", child.pid, self.memory_mb)
+                    self._suspect(expr)
+                    results.append(ExpressionError(OUT_OF_MEMORY))
+                    return results
                 if line is None:
                     log.warning("jsonata evaluator %s killed: an expression ran past %d ms", child.pid, timeout_ms)
                     self._suspect(expr)
@@ -224,8 +256,11 @@ class EvaluatorPool:
                 reply = json.loads(line)
                 if "ok" not in reply and reply["error"].startswith("timeout: expression"):
                     self._suspect(expr)  # not "timeout: template rendering": that one never ran
+                retire = retire or reply.get("retire", False)
                 results.append(reply["ok"] if "ok" in reply else ExpressionError(reply["error"]))
-            healthy = not child.demoted  # a demoted child cannot be raised again: replace it
+            # A demoted child cannot be raised again, and one that ran out of memory is no longer
+            # trusted: replace them.
+            healthy = not (child.demoted or retire)
             return results
         except _ChildGone:
             log.warning("jsonata evaluator %s died during an evaluation", child.pid)

@@ -8,7 +8,8 @@ ends in MemoryError here, never in the server. It writes ``ready`` once it can s
 
 Protocol (newline-delimited JSON; ``json.dumps`` never writes a raw newline):
   request  ``{"exprs": [...], "data": ..., "timeout_ms": N, "total_ms": N, "max_depth": N}``
-  replies  one line per expression, in order: ``{"ok": value}`` or ``{"error": reason}``
+  replies  one line per expression, in order: ``{"ok": value}`` or ``{"error": reason}``;
+           ``"retire": true`` beside an error asks the server to replace this process
 The serving process may kill this process at any moment (its hard time limit).
 """
 
@@ -21,9 +22,9 @@ import sys
 import time
 
 if __package__:  # imported as chatsvc.services.jsonata_worker (tests)
-    from chatsvc.services.jsonata_eval import ExpressionError, evaluate
+    from chatsvc.services.jsonata_eval import OUT_OF_MEMORY, ExpressionError, evaluate
 else:  # run by path: the module beside this file, without the chatsvc package (Flask, SQLAlchemy...)
-    from jsonata_eval import ExpressionError, evaluate  # type: ignore[no-redef]
+    from jsonata_eval import OUT_OF_MEMORY, ExpressionError, evaluate  # type: ignore[no-redef]
 
 MAX_RESULT_BYTES = 1024 * 1024  # a placeholder or transform result larger than this is an error
 NICENESS = 10
@@ -36,7 +37,12 @@ def _reply(expr: str, data: object, timeout_ms: int, max_depth: int) -> bytes:
     except ExpressionError as exc:
         line = json.dumps({"error": exc.reason})
     except MemoryError:
-        line = json.dumps({"error": "evaluation error: out of memory"})
+        line = json.dumps({"error": OUT_OF_MEMORY, "retire": True})
+    except SystemError:
+        # CPython reports some allocations failing at the address-space cap as an internal
+        # error ("error return without exception set"). Either way this interpreter is no
+        # longer to be trusted: the server replaces it.
+        line = json.dumps({"error": f"{OUT_OF_MEMORY}?", "retire": True})
     except (TypeError, ValueError) as exc:  # a result JSON cannot carry
         line = json.dumps({"error": f"evaluation error: {exc}"})
     if len(line) > MAX_RESULT_BYTES:
@@ -51,7 +57,7 @@ def serve(stdin, stdout) -> None:
         except MemoryError:
             request = None
         if request is None:
-            stdout.write(json.dumps({"error": "evaluation error: out of memory"}).encode() + b"\n")
+            stdout.write(json.dumps({"error": OUT_OF_MEMORY, "retire": True}).encode() + b"\n")
             stdout.flush()
             continue
         deadline = time.monotonic() + request["total_ms"] / 1000
