@@ -278,6 +278,18 @@ class TestOpenAIProvider:
         assert "assistant_stub_sent" not in messages(events)
         assert done["status"] == "succeeded"
 
+    def test_a_reply_holding_a_lone_surrogate_reaches_the_stream_as_a_replacement_character(
+            self, client, world, expert, fake_openai):
+        # "\\ud800" is valid JSON from the model's server but cannot be sent as UTF-8.
+        fake_openai.stream(["ok ", "\ud800!"])
+        rv = run(client, world.headers["member"], expert_id=expert.id, input_params={"who": "Ann"})
+        body = rv.get_json()
+        assert rv.status_code == 200 and body["status"] == "succeeded", body
+        assert body["messages"][-1] == {"role": "assistant", "content": "ok \ufffd!"}
+        events, done = read_events(client, body["events_url"])  # decodes the stream as UTF-8
+        assert [ev["data"]["text"] for ev in events if ev["message"] == "assistant_delta"] == ["ok ", "\ufffd!"]
+        assert done["status"] == "succeeded" and done["result"]["messages"][-1]["content"] == "ok \ufffd!"
+
     def test_server_error_fails_the_run(self, client, world, expert, fake_openai):
         fake_openai.fail(500, "the model is on fire")
         rv = run(client, world.headers["member"], expert_id=expert.id, input_params={"who": "Ann"})

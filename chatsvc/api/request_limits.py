@@ -5,7 +5,9 @@
 - JSON bodies: an API request whose body is not ``application/json`` is a 415
   (rather than a body silently ignored); one nested deeper than
   ``CHATSVC_MAX_JSON_DEPTH`` is a 422 before any view or schema sees it (Python's
-  parser would recurse until RecursionError otherwise).
+  parser would recurse until RecursionError otherwise). Text holding a lone UTF-16
+  surrogate (``"\\ud800"``: valid JSON syntax, not valid Unicode) is a 422 too: it could
+  not be sent on as UTF-8 (events, the LLM), so it is refused where it comes in.
 - Chunked bodies: without a Content-Length the body is read here up to
   ``CHATSVC_MAX_BODY_BYTES``; one byte more is a 413, never a body cut short.
 """
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Callable, Iterable
 
 from flask import Flask, request
@@ -20,9 +23,11 @@ from werkzeug.routing import IntegerConverter
 
 from chatsvc.errors import UnsupportedMediaType, Unprocessable, error_response
 from chatsvc.models import MAX_ID
+from chatsvc.runs.sse import find_lone_surrogate
 
 
 API_PREFIX = "/api/v1/"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class IdConverter(IntegerConverter):
@@ -74,6 +79,12 @@ def _check_json_body(limit: int) -> Callable[[], None]:
             too_deep = body is not None and json_depth_exceeds(body, limit)
         if too_deep:
             raise Unprocessable(f"JSON body nested deeper than {limit} levels")
+        # Only a "\uD8.." to "\uDF.." escape can produce a surrogate; UTF-8 bytes cannot.
+        if body is not None and _SURROGATE_ESCAPE.search(request.get_data(cache=True)):
+            lone = find_lone_surrogate(body)
+            if lone is not None:
+                raise Unprocessable(f"JSON body: text must be valid Unicode (found a lone surrogate "
+                                    f"\\u{ord(lone):04x})")
 
     return check
 

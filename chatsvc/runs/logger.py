@@ -10,6 +10,7 @@ from datetime import time as time_of_day
 from typing import Any, Callable
 
 from chatsvc.runs.registry import TERMINAL_STATUSES, RunRegistry
+from chatsvc.runs.sse import LONE_SURROGATE, find_lone_surrogate
 
 server_log = logging.getLogger("chatsvc.runs")
 
@@ -24,12 +25,19 @@ def to_jsonable(value: Any) -> Any:
     path is a json.dumps/json.loads round trip (C code, cheap next to the
     network write it precedes) with `_json_default` for datetimes, sets,
     exceptions and other objects. Data json.dumps rejects (NaN/Infinity,
-    non-string keys, cycles) takes a slower, careful walk instead.
+    non-string keys, cycles) takes a slower, careful walk instead, and so does text
+    holding a lone surrogate (from an LLM's or a service's JSON), which becomes U+FFFD.
     """
     try:
-        return json.loads(json.dumps(value, default=_json_default, allow_nan=False))
+        text = json.dumps(value, default=_json_default, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return _sanitize(value, 0, set())
+    result = json.loads(text)
+    # ASCII JSON writes characters beyond U+FFFF as surrogate pairs, and lone surrogates as
+    # "\udXXX" too: only then is there anything to look for.
+    if "\\ud" in text and find_lone_surrogate(result) is not None:
+        return _sanitize(result, 0, set())
+    return result
 
 
 def _json_default(obj: Any) -> Any:
@@ -53,7 +61,9 @@ def _json_default(obj: Any) -> Any:
 
 def _sanitize(value: Any, depth: int, active: set[int]) -> Any:
     """The slow path of to_jsonable; `active` holds ids of containers being walked (cycles)."""
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        return LONE_SURROGATE.sub("\ufffd", value)
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         # Like JavaScript's JSON.stringify: NaN and ±Infinity become null.
@@ -76,7 +86,7 @@ def _sanitize(value: Any, depth: int, active: set[int]) -> Any:
 
 def _key(key: Any) -> str:
     if isinstance(key, str):
-        return key
+        return LONE_SURROGATE.sub("\ufffd", key)
     if key is None or isinstance(key, (bool, int)):
         return json.dumps(key)  # as json.dumps would: True → "true", None → "null"
     return str(key)

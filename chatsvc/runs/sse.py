@@ -20,6 +20,10 @@ RETRY_PREAMBLE_BYTES = RETRY_PREAMBLE.encode()
 # \x0b, \x1c, \u2028 ... which a browser keeps inside the line.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")  # 18 digits: no giant ints from a header
+# JSON may write a lone UTF-16 surrogate ("\ud800"); Python keeps it in a str, and UTF-8,
+# the stream's encoding, cannot carry it. (In a str every surrogate is a lone one: a valid
+# pair is decoded to the one character it stands for.)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def encode_event(data: str, *, event: str | None = None, id: str | int | None = None,
@@ -56,6 +60,12 @@ def encode_done(run: RunInfo) -> str:
         raise ValueError(f"run {run.run_id} is not finished")
     return encode_event(_compact_json(done_body(run.run_id, run.status, run.result, run.error)),
                         event="done", id=run.done_seq)
+
+
+def find_lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in JSON-like ``value`` (keys included), or None."""
+    found = LONE_SURROGATE.search(json.dumps(value, ensure_ascii=False, default=str))
+    return found.group() if found else None
 
 
 def parse_last_event_id(value: str | None) -> int:

@@ -60,6 +60,26 @@ def test_the_depth_limit_is_a_setting_and_bodies_within_it_pass(client, world, c
     assert_error(client.post(f"{API}/experts", json=too_deep, headers=admin), 422, contains="5 levels")
 
 
+@pytest.mark.parametrize("body", ['{"name": "\\ud800"}', '{"\\udc00": 1}', '{"a": ["x\\uDBFF"]}'],
+                         ids=["value", "key", "uppercase escape"])
+def test_lone_surrogates_are_422_on_every_json_endpoint(app, client, world, body, subtests):
+    admin = world.headers["platform_admin"]
+    for rule, method in routes(app, {"POST", "PATCH", "PUT"}):
+        path = concrete(rule, str(world.team.id))
+        with subtests.test(route=f"{method} {rule.rule}"):
+            rv = client.open(path, method=method, data=body, content_type="application/json", headers=admin)
+            assert_error(rv, 422, contains="lone surrogate")
+
+
+def test_characters_beyond_the_bmp_written_as_escaped_pairs_are_accepted(client, world):
+    body = ('{"team_id": %d, "name": "Trip \\ud83d\\ude00", "prompt_template": "x", "model_name": "stub"}'
+            % world.team.id)
+    rv = client.post(f"{API}/experts", data=body, content_type="application/json",
+                     headers=world.headers["platform_admin"])
+    assert rv.status_code == 201, rv.get_json()
+    assert rv.get_json()["name"] == "Trip \U0001F600"
+
+
 @pytest.mark.parametrize("value", [str(MAX_ID + 1), str(2**63), str(2**64 + 7), "0"])
 def test_ids_out_of_range_are_404_on_every_route(app, client, world, value, subtests):
     admin = world.headers["platform_admin"]
