@@ -34,7 +34,7 @@ import redis
 
 from chatsvc.runs.feed import RunFeed
 from chatsvc.runs.registry import RunNotFound
-from chatsvc.runs.sse import encode_event
+from chatsvc.runs.sse import encode_event, log_wire
 
 if TYPE_CHECKING:
     from chatsvc.runs.redis_registry import RedisRunRegistry
@@ -51,11 +51,6 @@ WAKE_TTL_SECONDS = 3600  # the wake stream of a process that died goes away by i
 RETRY_SECONDS = 1.0  # pause after a failed read before connecting again
 LOAD_WAIT_SECONDS = 10.0  # how long a subscriber waits for another's backlog load
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-
-def log_wire(seq: int, event_json: str) -> bytes:
-    """The SSE bytes of a log event whose JSON is stored in Redis (the same as ``encode_log_event``)."""
-    return b"id: %d\nevent: log\ndata: %s\n\n" % (seq, event_json.encode())
 
 
 @dataclass(eq=False)

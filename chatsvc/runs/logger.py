@@ -27,7 +27,10 @@ def to_jsonable(value: Any) -> Any:
     exceptions and other objects. Data json.dumps rejects (NaN/Infinity,
     non-string keys, cycles) takes a slower, careful walk instead, and so does text
     holding a lone surrogate (from an LLM's or a service's JSON), which becomes U+FFFD.
+    Most events carry a few ASCII strings and numbers: those are copied as they are.
     """
+    if type(value) is dict and _flat_and_plain(value):
+        return dict(value)
     try:
         text = json.dumps(value, default=_json_default, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
@@ -38,6 +41,27 @@ def to_jsonable(value: Any) -> Any:
     if "\\ud" in text and find_lone_surrogate(result) is not None:
         return _sanitize(result, 0, set())
     return result
+
+
+_PLAIN = frozenset({int, bool, type(None)})
+
+
+def _flat_and_plain(value: dict) -> bool:
+    """Whether ``value`` maps ASCII strings to ASCII strings, ints, bools, None or finite
+    floats: already JSON as it is. (Non-ASCII text may hold a lone surrogate: not plain.)"""
+    for key, item in value.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind not in _PLAIN:
+            return False
+    return True
 
 
 def _json_default(obj: Any) -> Any:
@@ -61,13 +85,16 @@ def _json_default(obj: Any) -> Any:
 
 def _sanitize(value: Any, depth: int, active: set[int]) -> Any:
     """The slow path of to_jsonable; `active` holds ids of containers being walked (cycles)."""
+    # Subclasses (an IntEnum, a str subclass) become the plain type, as after a JSON round trip.
     if isinstance(value, str):
-        return LONE_SURROGATE.sub("\ufffd", value)
-    if value is None or isinstance(value, (bool, int)):
+        return LONE_SURROGATE.sub("\ufffd", str.__str__(value))
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return int(value)
     if isinstance(value, float):
         # Like JavaScript's JSON.stringify: NaN and ±Infinity become null.
-        return value if math.isfinite(value) else None
+        return float(value) if math.isfinite(value) else None
     if depth >= _MAX_DEPTH:
         return "<too deep>"
     if isinstance(value, (dict, list, tuple)):

@@ -31,7 +31,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from chatsvc.errors import ServiceUnavailable
 from chatsvc.runs.feed import RunFeed
-from chatsvc.runs.sse import encode_done, encode_log_event, event_json
+from chatsvc.runs.sse import encode_done, event_json, log_event_wire
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 LEVELS = frozenset({"info", "warn", "error"})
@@ -531,8 +531,7 @@ class MemoryRunRegistry(RunRegistry):
         # Encoded here, once for every subscriber of this process (the encoding is the
         # registry's copy of `data`); under the lock because the feed must receive
         # events in seq order.
-        run.feed.publish(seq, encode_log_event(Event(seq=seq, ts=ts, level=level, message=message,
-                                                     data=data)).encode())
+        run.feed.publish(seq, log_event_wire(seq, ts, level, message, data))
         return seq
 
     def _finish_locked(self, run: _Run, status: str, result: Any, error: dict | None,

@@ -49,6 +49,17 @@ def encode_log_event(ev: Event) -> str:
     return encode_event(_compact_json(ev.to_dict()), event="log", id=ev.seq)
 
 
+def log_wire(seq: int, event_json: str) -> bytes:
+    """The bytes of ``encode_log_event`` for an event already in JSON, without the general
+    encoder's line splitting: JSON escapes every line break, so the JSON is one ``data:`` line."""
+    return b"id: %d\nevent: log\ndata: %s\n\n" % (seq, event_json.encode())
+
+
+def log_event_wire(seq: int, ts: float, level: str, message: str, data: dict) -> bytes:
+    """The bytes of ``encode_log_event`` for an event given by its fields (once per append)."""
+    return log_wire(seq, _compact_json({"seq": seq, "ts": ts, "level": level, "message": message, "data": data}))
+
+
 def event_json(wire: bytes) -> bytes:
     """The JSON of a log event from its wire bytes (``encode_log_event``: one ``data:`` line)."""
     return wire[wire.index(b"\ndata: ") + 7:-2]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import gc
 import json
 import logging
@@ -656,6 +657,23 @@ def test_to_jsonable_handles_what_json_dumps_rejects():
     assert result == {"nan": None, "inf": [None], "3": "int key", "(1, 2)": "tuple key",
                       "null": "none key", "cycle": [1, "<cycle>"], "when": "2025-01-01T00:00:00"}
     json.dumps(result, allow_nan=False)  # strictly valid JSON
+
+
+def test_to_jsonable_copies_flat_plain_data_and_coerces_anything_else():
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Name(str):
+        pass
+
+    plain = {"node_key": "n1", "count": 2, "ratio": 0.5, "ok": True, "none": None}
+    copied = to_jsonable(plain)
+    assert copied == plain and copied is not plain
+    coerced = to_jsonable({"level": Level.HIGH, "name": Name("x"), "nan": math.nan, "city": "Zürich",
+                           "broken": "a\ud800"})
+    assert coerced == {"level": 3, "name": "x", "nan": None, "city": "Zürich", "broken": "a\ufffd"}
+    assert [type(coerced[key]) for key in ("level", "name")] == [int, str]
+    assert to_jsonable({"\udc00": 1}) == {"\ufffd": 1}
 
 
 def test_terminal_statuses():

@@ -11,6 +11,7 @@ from chatsvc.runs.sse import (
     encode_done,
     encode_event,
     encode_log_event,
+    log_event_wire,
     parse_last_event_id,
 )
 
@@ -40,6 +41,15 @@ def test_log_event_with_newlines_in_data_stays_one_data_line():
         'id: 1\nevent: log\ndata: {"seq":1,"ts":0.5,"level":"warn","message":"multi\\nline",'
         '"data":{"text":"a\\r\\nb"}}\n\n'
     )
+
+
+@pytest.mark.parametrize("data", [
+    {"text": "a\r\nb\rc\nd"}, {"sep": "\u2028\u2029\x85"}, {"nul": "\x00", "bell": "\x07"},
+    {"emoji": "\U0001F600", "quote": '"\\'}, {"nested": [{"k": None, "f": 1.5, "b": True}]}, {},
+], ids=["line breaks", "unicode separators", "control characters", "quotes", "nested", "empty"])
+def test_the_per_append_encoder_writes_the_general_encoders_bytes(data):
+    event = Event(seq=12, ts=1763700000.5, level="warn", message="multi\nline", data=data)
+    assert log_event_wire(12, 1763700000.5, "warn", "multi\nline", data) == encode_log_event(event).encode()
 
 
 def test_log_event_from_registry_round_trip():
