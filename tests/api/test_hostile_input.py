@@ -36,15 +36,19 @@ def concrete(rule, value: str) -> str:
     return re.sub(r"<run_id:[^>]+>", "no-such-run", path)
 
 
-@pytest.mark.parametrize("kind", ["object", "array"])
-def test_deeply_nested_json_is_422_on_every_json_endpoint(app, client, world, kind, subtests):
-    body = deep_json(DEEP, kind)
+def assert_422_on_every_json_endpoint(app, client, world, subtests, body: str, contains: str) -> None:
     admin = world.headers["platform_admin"]
     for rule, method in routes(app, {"POST", "PATCH", "PUT"}):
         path = concrete(rule, str(world.team.id))
         with subtests.test(route=f"{method} {rule.rule}"):
             rv = client.open(path, method=method, data=body, content_type="application/json", headers=admin)
-            assert_error(rv, 422, contains="nested deeper")
+            assert_error(rv, 422, contains=contains)
+
+
+@pytest.mark.parametrize("kind", ["object", "array"])
+def test_deeply_nested_json_is_422_on_every_json_endpoint(app, client, world, kind, subtests):
+    body = deep_json(DEEP, kind)
+    assert_422_on_every_json_endpoint(app, client, world, subtests, body, "nested deeper")
     with subtests.test(route="login, without auth"):
         rv = client.post(f"{API}/auth/login", data=body, content_type="application/json")
         assert_error(rv, 422, contains="nested deeper")
@@ -63,12 +67,7 @@ def test_the_depth_limit_is_a_setting_and_bodies_within_it_pass(client, world, c
 @pytest.mark.parametrize("body", ['{"name": "\\ud800"}', '{"\\udc00": 1}', '{"a": ["x\\uDBFF"]}'],
                          ids=["value", "key", "uppercase escape"])
 def test_lone_surrogates_are_422_on_every_json_endpoint(app, client, world, body, subtests):
-    admin = world.headers["platform_admin"]
-    for rule, method in routes(app, {"POST", "PATCH", "PUT"}):
-        path = concrete(rule, str(world.team.id))
-        with subtests.test(route=f"{method} {rule.rule}"):
-            rv = client.open(path, method=method, data=body, content_type="application/json", headers=admin)
-            assert_error(rv, 422, contains="lone surrogate")
+    assert_422_on_every_json_endpoint(app, client, world, subtests, body, "lone surrogate")
 
 
 def test_characters_beyond_the_bmp_written_as_escaped_pairs_are_accepted(client, world):
