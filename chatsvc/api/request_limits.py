@@ -5,7 +5,9 @@
 - JSON bodies: an API request whose body is not ``application/json`` is a 415
   (rather than a body silently ignored); one nested deeper than
   ``CHATSVC_MAX_JSON_DEPTH`` is a 422 before any view or schema sees it (Python's
-  parser would recurse until RecursionError otherwise). Text holding a lone UTF-16
+  parser would recurse until RecursionError otherwise). ``NaN`` and ``Infinity``, which
+  Python's parser accepts, are a 400 (not JSON); a number no float or int can hold
+  (``1e400``, 5,000 digits) is a 422. Text holding a lone UTF-16
   surrogate (``"\\ud800"``: valid JSON syntax, not valid Unicode) is a 422 too: it could
   not be sent on as UTF-8 (events, the LLM), so it is refused where it comes in.
 - Chunked bodies: without a Content-Length the body is read here up to
@@ -15,13 +17,16 @@
 from __future__ import annotations
 
 import io
+import json
+import math
 import re
+import sys
 from typing import Any, Callable, Iterable
 
 from flask import Flask, request
 from werkzeug.routing import IntegerConverter
 
-from chatsvc.errors import UnsupportedMediaType, Unprocessable, error_response
+from chatsvc.errors import BadRequest, UnsupportedMediaType, Unprocessable, error_response
 from chatsvc.models import MAX_ID
 from chatsvc.runs.sse import find_lone_surrogate
 
@@ -56,6 +61,35 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+class _NotJson(ValueError):
+    """Text Python's parser accepts that JSON does not (NaN, Infinity)."""
+
+
+def _not_json(constant: str) -> float:
+    raise _NotJson(f"{constant} is not JSON (send null or a string)")
+
+
+class _OutOfRange(ValueError):
+    """A JSON number no 64-bit float holds."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON, but no float holds it
+        raise _OutOfRange(f"{text[:40]} does not fit a 64-bit float")
+    return value
+
+
+def parse_json_body(data: bytes) -> Any:
+    """A request body as JSON, strictly: Python's parser also accepts NaN and Infinity and
+    turns 1e400 into infinity, none of which a JSON response could carry back.
+
+    Raises JSONDecodeError (malformed), _NotJson (NaN, Infinity), _OutOfRange (a float
+    beyond 64 bits) or ValueError (an integer longer than Python converts: 4,300 digits).
+    """
+    return json.loads(data, parse_constant=_not_json, parse_float=_finite)
+
+
 def _has_body() -> bool:
     return bool(request.content_length)  # chunked bodies have one by now (ChunkedBodyLimit)
 
@@ -71,10 +105,18 @@ def _check_json_body(limit: int) -> Callable[[], None]:
                     f" (got {request.mimetype or 'no Content-Type'})")
             return
         try:
-            body = request.get_json(silent=True)  # cached: the view's parser reads the same body
+            body = parse_json_body(request.get_data(cache=True))
         except RecursionError:
             body = None
             too_deep = True
+        except json.JSONDecodeError:
+            return  # malformed: the view's parser answers 400 as for any malformed body
+        except _NotJson as exc:
+            raise BadRequest(f"Malformed request body: {exc}", errors={"json": [str(exc)]}) from None
+        except ValueError as exc:  # a float beyond 64 bits, or an integer too long to convert
+            reason = str(exc) if isinstance(exc, _OutOfRange) else \
+                f"an integer longer than {sys.get_int_max_str_digits()} digits"
+            raise Unprocessable(f"JSON body: number out of range ({reason})") from None
         else:
             too_deep = body is not None and json_depth_exceeds(body, limit)
         if too_deep:

@@ -36,19 +36,20 @@ def concrete(rule, value: str) -> str:
     return re.sub(r"<run_id:[^>]+>", "no-such-run", path)
 
 
-def assert_422_on_every_json_endpoint(app, client, world, subtests, body: str, contains: str) -> None:
+def assert_refused_on_every_json_endpoint(app, client, world, subtests, body: str, contains: str,
+                                          status: int = 422) -> None:
     admin = world.headers["platform_admin"]
     for rule, method in routes(app, {"POST", "PATCH", "PUT"}):
         path = concrete(rule, str(world.team.id))
         with subtests.test(route=f"{method} {rule.rule}"):
             rv = client.open(path, method=method, data=body, content_type="application/json", headers=admin)
-            assert_error(rv, 422, contains=contains)
+            assert_error(rv, status, contains=contains)
 
 
 @pytest.mark.parametrize("kind", ["object", "array"])
 def test_deeply_nested_json_is_422_on_every_json_endpoint(app, client, world, kind, subtests):
     body = deep_json(DEEP, kind)
-    assert_422_on_every_json_endpoint(app, client, world, subtests, body, "nested deeper")
+    assert_refused_on_every_json_endpoint(app, client, world, subtests, body, "nested deeper")
     with subtests.test(route="login, without auth"):
         rv = client.post(f"{API}/auth/login", data=body, content_type="application/json")
         assert_error(rv, 422, contains="nested deeper")
@@ -67,7 +68,32 @@ def test_the_depth_limit_is_a_setting_and_bodies_within_it_pass(client, world, c
 @pytest.mark.parametrize("body", ['{"name": "\\ud800"}', '{"\\udc00": 1}', '{"a": ["x\\uDBFF"]}'],
                          ids=["value", "key", "uppercase escape"])
 def test_lone_surrogates_are_422_on_every_json_endpoint(app, client, world, body, subtests):
-    assert_422_on_every_json_endpoint(app, client, world, subtests, body, "lone surrogate")
+    assert_refused_on_every_json_endpoint(app, client, world, subtests, body, "lone surrogate")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json_on_every_json_endpoint(app, client, world, constant, subtests):
+    # Python's parser accepts them; a response carrying them back would not be JSON.
+    assert_refused_on_every_json_endpoint(app, client, world, subtests, '{"name": %s}' % constant,
+                                          f"{constant.lstrip('-')} is not JSON", status=400)
+
+
+@pytest.mark.parametrize("number, reason", [("1e400", "does not fit a 64-bit float"),
+                                            ("-" + "9" * 5000, "integer longer than")], ids=["float", "integer"])
+def test_numbers_out_of_range_are_422_on_every_json_endpoint(app, client, world, number, reason, subtests):
+    assert_refused_on_every_json_endpoint(app, client, world, subtests, '{"a": [%s]}' % number, reason)
+
+
+def test_large_but_representable_numbers_pass(client, world):
+    body = ('{"team_id": %d, "name": "Big", "prompt_template": "x", "model_name": "stub",'
+            ' "base": {"f": 1.7e308, "tiny": 5e-324, "i": %s, "z": -0.0}}' % (world.team.id, "9" * 4000))
+    rv = client.post(f"{API}/experts", data=body, content_type="application/json",
+                     headers=world.headers["platform_admin"])
+    assert rv.status_code == 201, rv.get_json()
+    base = rv.get_json()["base"]
+    # JSON has one number type: PostgreSQL's jsonb gives 1.7e308 back as its digits (an int here).
+    assert float(base.pop("f")) == 1.7e308
+    assert base == {"tiny": 5e-324, "i": int("9" * 4000), "z": 0.0}
 
 
 def test_characters_beyond_the_bmp_written_as_escaped_pairs_are_accepted(client, world):
