@@ -84,7 +84,7 @@ def parse_json_body(data: bytes) -> Any:
     """A request body as JSON, strictly: Python's parser also accepts NaN and Infinity and
     turns 1e400 into infinity, none of which a JSON response could carry back.
 
-    Raises JSONDecodeError (malformed), _NotJson (NaN, Infinity), _OutOfRange (a float
+    Raises JSONDecodeError (malformed), UnicodeDecodeError (not UTF-8), _NotJson (NaN, Infinity), _OutOfRange (a float
     beyond 64 bits) or ValueError (an integer longer than Python converts: 4,300 digits).
     """
     return json.loads(data, parse_constant=_not_json, parse_float=_finite)
@@ -109,8 +109,8 @@ def _check_json_body(limit: int) -> Callable[[], None]:
         except RecursionError:
             body = None
             too_deep = True
-        except json.JSONDecodeError:
-            return  # malformed: the view's parser answers 400 as for any malformed body
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return  # malformed, or not UTF-8: the view's parser answers 400 as for any malformed body
         except _NotJson as exc:
             raise BadRequest(f"Malformed request body: {exc}", errors={"json": [str(exc)]}) from None
         except ValueError as exc:  # a float beyond 64 bits, or an integer too long to convert

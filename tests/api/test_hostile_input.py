@@ -84,6 +84,15 @@ def test_numbers_out_of_range_are_422_on_every_json_endpoint(app, client, world,
     assert_refused_on_every_json_endpoint(app, client, world, subtests, '{"a": [%s]}' % number, reason)
 
 
+@pytest.mark.parametrize("body", [b'{"name": "\xff\xfe"}', b'{"a": 1} trailing', b'{"a": 1,}'],
+                         ids=["not UTF-8", "trailing text", "trailing comma"])
+def test_malformed_bodies_are_the_usual_400(client, world, body):
+    rv = client.post(f"{API}/experts", data=body, content_type="application/json",
+                     headers=world.headers["platform_admin"])
+    assert_error(rv, 400, contains="Malformed request body")
+    assert rv.get_json()["errors"] == {"json": ["Invalid JSON body."]}
+
+
 def test_large_but_representable_numbers_pass(client, world):
     body = ('{"team_id": %d, "name": "Big", "prompt_template": "x", "model_name": "stub",'
             ' "base": {"f": 1.7e308, "tiny": 5e-324, "i": %s, "z": -0.0}}' % (world.team.id, "9" * 4000))
