@@ -27,6 +27,7 @@ else:  # run by path: the module beside this file, without the chatsvc package (
     from jsonata_eval import OUT_OF_MEMORY, ExpressionError, evaluate  # type: ignore[no-redef]
 
 MAX_RESULT_BYTES = 1024 * 1024  # a placeholder or transform result larger than this is an error
+TOO_LARGE_TOGETHER = f"evaluation error: the template's values exceed {MAX_RESULT_BYTES} bytes together"
 NICENESS = 10
 
 
@@ -45,9 +46,14 @@ def _reply(expr: str, data: object, timeout_ms: int, max_depth: int) -> bytes:
         line = json.dumps({"error": f"{OUT_OF_MEMORY}?", "retire": True})
     except (TypeError, ValueError) as exc:  # a result JSON cannot carry
         line = json.dumps({"error": f"evaluation error: {exc}"})
-    if len(line) > MAX_RESULT_BYTES:
-        line = json.dumps({"error": f"evaluation error: result larger than {MAX_RESULT_BYTES} bytes"})
-    return line.encode() + b"\n"
+    encoded = line.encode() + b"\n"
+    if len(encoded) > MAX_RESULT_BYTES:
+        return _error_line(f"evaluation error: result larger than {MAX_RESULT_BYTES} bytes")
+    return encoded
+
+
+def _error_line(reason: str) -> bytes:
+    return json.dumps({"error": reason}).encode() + b"\n"
 
 
 def serve(stdin, stdout) -> None:
@@ -61,14 +67,23 @@ def serve(stdin, stdout) -> None:
             stdout.flush()
             continue
         deadline = time.monotonic() + request["total_ms"] / 1000
+        # All of one request's values together (a template's placeholders) stay within one
+        # result's limit: else one team could repeat a 1 MB placeholder into a prompt of
+        # gigabytes in the server (an 8 KB template made a 56 MB run before this).
+        budget = MAX_RESULT_BYTES
         for expr in request["exprs"]:
             remaining_ms = round((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
-                reply = json.dumps({"error": f"timeout: template rendering exceeded {request['total_ms'] / 1000:g} s"})
-                stdout.write(reply.encode() + b"\n")
+                line = _error_line(f"timeout: template rendering exceeded {request['total_ms'] / 1000:g} s")
+            elif budget < 0:
+                line = _error_line(TOO_LARGE_TOGETHER)
             else:
-                stdout.write(_reply(expr, request["data"], min(request["timeout_ms"], remaining_ms),
-                                    request["max_depth"]))
+                line = _reply(expr, request["data"], min(request["timeout_ms"], remaining_ms), request["max_depth"])
+                if line.startswith(b'{"ok":'):
+                    budget -= len(line)
+                    if budget < 0:
+                        line = _error_line(TOO_LARGE_TOGETHER)
+            stdout.write(line)
             stdout.flush()  # one line at a time: the server sees how far we got
 
 

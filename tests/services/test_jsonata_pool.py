@@ -137,6 +137,15 @@ def test_a_huge_result_is_an_error_not_a_copy_into_the_server(pool):
     assert isinstance(result, ExpressionError) and "larger than" in result.reason
 
 
+def test_a_templates_values_together_stay_within_one_results_limit(pool):
+    # One 1 MB placeholder repeated would otherwise make a prompt of gigabytes in the server.
+    big = '$pad("", 400000, "x")'
+    results = pool.evaluate_many([big, big, big, "1 + 1"], {}, timeout_ms=2000, total_ms=5000)
+    assert results[:2] == ["x" * 400000] * 2
+    assert all(isinstance(result, ExpressionError) and "exceed 1048576 bytes together" in result.reason
+               for result in results[2:])
+
+
 def test_an_evaluator_killed_mid_evaluation_gives_an_error_and_the_pool_recovers(pool):
     pool.evaluate_many(["1"], {}, timeout_ms=500, total_ms=500)
     [pid] = pool.idle_pids()
