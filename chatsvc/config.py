@@ -41,6 +41,7 @@ class Config:
     stream_token_max_age_seconds: int = 3600
     stream_access_cache_seconds: float = 1.0  # 0: every stream open asks the database
     max_events_per_run: int = 10_000
+    max_run_output_bytes: int = 8 * 1024 * 1024  # a workflow run's node outputs together
     max_live_runs: int = 5_000
     executor_workers: int | None = None  # None: every live run at once under gevent, else 32
     max_queued_runs: int = 1_000
@@ -82,6 +83,7 @@ class Config:
             stream_token_max_age_seconds=env_int(env, "CHATSVC_STREAM_TOKEN_MAX_AGE_SECONDS", 3600),
             stream_access_cache_seconds=env_float(env, "CHATSVC_STREAM_ACCESS_CACHE_SECONDS", 1.0),
             max_events_per_run=env_int(env, "CHATSVC_MAX_EVENTS_PER_RUN", 10_000),
+            max_run_output_bytes=env_int(env, "CHATSVC_MAX_RUN_OUTPUT_BYTES", 8 * 1024 * 1024),
             max_live_runs=env_int(env, "CHATSVC_MAX_LIVE_RUNS", 5_000),
             executor_workers=env_int(env, "CHATSVC_EXECUTOR_WORKERS", 0) or None,
             max_queued_runs=env_int(env, "CHATSVC_MAX_QUEUED_RUNS", 1_000),

@@ -477,6 +477,39 @@ class TestSyncPastItsTimeout:
         assert wait_finished(client, body["status_url"], headers)["status"] == "cancelled"
 
 
+class TestNodeOutputsTogetherAreBounded:
+    @pytest.fixture
+    def config_overrides(self):
+        return {"max_run_output_bytes": 100_000}
+
+    def test_the_node_that_crosses_the_bound_fails_and_the_rest_are_skipped(self, client, world, make_workflow,
+                                                                             caplog):
+        # Each node passes 30 KB on: a small workflow, outputs that add up (30, 60, 90, 120 KB).
+        workflow = make_workflow(
+            world.team,
+            nodes=(("in", "input", {}), ("a", "echo", {}), ("b", "echo", {}), ("c", "echo", {}), ("d", "echo", {})),
+            edges=(("in", "a"), ("a", "b"), ("b", "c"), ("c", "d")),
+        )
+        rv = run(client, world.headers["member"], workflow.id, starting_inputs={"text": "x" * 30_000})
+        body = rv.get_json()
+        assert rv.status_code == 200 and body["status"] == "failed"
+        assert [(s["node_key"], s["status"]) for s in body["steps"]] == [
+            ("in", "succeeded"), ("a", "succeeded"), ("b", "succeeded"), ("c", "failed"), ("d", "skipped"),
+        ]
+        assert body["error"] == {"type": "OutputLimitExceeded", "node_key": "c", "message":
+                                 "the run's node outputs exceed 100000 bytes together (CHATSVC_MAX_RUN_OUTPUT_BYTES)"}
+        assert body["steps"][3]["output"] is None
+        events, done = read_events(client, body["events_url"])
+        assert only(events, "node_error")["data"]["exception"]["type"] == "OutputLimitExceeded"
+        assert done["status"] == "failed"
+        assert "Traceback" not in caplog.text  # the run's own input, not a server fault
+
+    def test_outputs_within_the_bound_run(self, client, world, make_workflow):
+        workflow = make_workflow(world.team, nodes=(("in", "input", {}), ("a", "echo", {})), edges=(("in", "a"),))
+        rv = run(client, world.headers["member"], workflow.id, starting_inputs={"text": "x" * 45_000})
+        assert rv.get_json()["status"] == "succeeded"
+
+
 # --------------------------------------------------------------------------- expert nodes on a real LLM server
 
 

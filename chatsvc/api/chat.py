@@ -129,6 +129,7 @@ class RunWorkflow(MethodView):
             experts=experts_of_workflow(caller, workflow),
             provider=runtime.provider,
             jsonata_timeout_ms=runtime.config.jsonata_timeout_ms,
+            max_output_bytes=runtime.config.max_run_output_bytes,
         )
         return start_run(caller, "workflow", workflow, job, body["mode"], WORKFLOW_RESULT)
 

@@ -4,10 +4,16 @@ Events per node: ``node_start`` → (``input_conflict``) → ``node_output`` or
 ``node_error``; after a failure every later node gets ``node_skipped`` and the
 run fails. Cancellation is checked between nodes (and inside ``sleep`` and LLM
 streams, by the node services themselves).
+
+The outputs of a run's nodes together may be at most ``max_output_bytes`` of JSON: each
+is kept in the run's steps, its events and its result, so without a bound a small
+workflow (a hundred nodes each returning 1 MB) would hold gigabytes in the server. The
+node that crosses the bound fails with ``OutputLimitExceeded``, as any failing node.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,6 +23,13 @@ from chatsvc.services.dag import Graph, InputResolver, NodeSpec
 from chatsvc.services.expert_runner import ExpertSnapshot, run_expert
 from chatsvc.services.llm import LLMProvider
 from chatsvc.services.nodes import get_service
+
+
+DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024
+
+
+class OutputLimitExceeded(Exception):
+    """A node's output took the run's node outputs past their bound."""
 
 
 @dataclass
@@ -56,7 +69,9 @@ class WorkflowJob:
     experts: dict[int, ExpertSnapshot]
     provider: LLMProvider
     jsonata_timeout_ms: int = 500
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     clock: Callable[[], float] = field(default=time.monotonic)
+    _output_bytes: int = field(default=0, init=False)  # of this run's node outputs so far
 
     def __call__(self, ctx: RunContext) -> RunOutcome:
         node_ctx = NodeRunContext(ctx, self.starting_inputs, self.experts, self.provider, self.jsonata_timeout_ms)
@@ -104,6 +119,7 @@ class WorkflowJob:
         started = self.clock()
         try:
             output = get_service(node.node_type).execute(resolved.inputs, node.metadata, node_ctx)
+            self._count_output(output)
         except RunCancelled:
             resolver.record_output(node.id, None)
             duration = _ms(self.clock() - started)
@@ -112,13 +128,26 @@ class WorkflowJob:
         except Exception as exc:
             resolver.record_output(node.id, None)
             duration = _ms(self.clock() - started)
-            ctx.log_error("node_error", exc=exc, node_id=node.id, node_key=node.key, duration_ms=duration)
+            if isinstance(exc, OutputLimitExceeded):  # the run's own input, not a fault: no traceback
+                ctx.log_error("node_error", node_id=node.id, node_key=node.key, duration_ms=duration,
+                              exception={"type": type(exc).__name__, "message": str(exc)})
+            else:
+                ctx.log_error("node_error", exc=exc, node_id=node.id, node_key=node.key, duration_ms=duration)
             error = {"type": type(exc).__name__, "message": str(exc), "node_key": node.key}
             return _step(node, "failed", duration_ms=duration, error=error)
         resolver.record_output(node.id, output)
         duration = _ms(self.clock() - started)
         ctx.log_info("node_output", node_id=node.id, node_key=node.key, output=output, duration_ms=duration)
         return _step(node, "succeeded", output=output, duration_ms=duration)
+
+
+    def _count_output(self, output: Any) -> None:
+        """Adds a node's output to the run's total; OutputLimitExceeded past ``max_output_bytes``."""
+        # Measured as the JSON the output becomes in events and results (default=str, as there).
+        self._output_bytes += len(json.dumps(output, default=str, ensure_ascii=False).encode(errors="replace"))
+        if self._output_bytes > self.max_output_bytes:
+            raise OutputLimitExceeded(f"the run's node outputs exceed {self.max_output_bytes} bytes together "
+                                      f"(CHATSVC_MAX_RUN_OUTPUT_BYTES)")
 
 
 def _step(node: NodeSpec, status: str, *, output: Any = None, duration_ms: int = 0, error: dict | None = None) -> dict:
