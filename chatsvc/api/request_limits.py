@@ -7,9 +7,9 @@
   ``CHATSVC_MAX_JSON_DEPTH`` is a 422 before any view or schema sees it (Python's
   parser would recurse until RecursionError otherwise). ``NaN`` and ``Infinity``, which
   Python's parser accepts, are a 400 (not JSON); a number no float or int can hold
-  (``1e400``, 5,000 digits) is a 422. Text holding a lone UTF-16
-  surrogate (``"\\ud800"``: valid JSON syntax, not valid Unicode) is a 422 too: it could
-  not be sent on as UTF-8 (events, the LLM), so it is refused where it comes in.
+  (``1e400``, 5,000 digits) is a 422. Text holding a lone UTF-16 surrogate
+  (``"\\ud800"``: valid JSON syntax, not valid Unicode) is a 422 too: it could not be
+  sent on as UTF-8 (events, the LLM), so it is refused where it comes in.
 - Chunked bodies: without a Content-Length the body is read here up to
   ``CHATSVC_MAX_BODY_BYTES``; one byte more is a 413, never a body cut short.
 """
@@ -84,8 +84,9 @@ def parse_json_body(data: bytes) -> Any:
     """A request body as JSON, strictly: Python's parser also accepts NaN and Infinity and
     turns 1e400 into infinity, none of which a JSON response could carry back.
 
-    Raises JSONDecodeError (malformed), UnicodeDecodeError (not UTF-8), _NotJson (NaN, Infinity), _OutOfRange (a float
-    beyond 64 bits) or ValueError (an integer longer than Python converts: 4,300 digits).
+    Raises JSONDecodeError (malformed), UnicodeDecodeError (not UTF-8), _NotJson (NaN,
+    Infinity), _OutOfRange (a float beyond 64 bits) or ValueError (an integer longer than
+    Python converts: 4,300 digits).
     """
     return json.loads(data, parse_constant=_not_json, parse_float=_finite)
 
