@@ -36,8 +36,8 @@ def to_jsonable(value: Any) -> Any:
     except (TypeError, ValueError, RecursionError):
         return _sanitize(value, 0, set())
     result = json.loads(text)
-    # ASCII JSON writes characters beyond U+FFFF as surrogate pairs, and lone surrogates as
-    # "\udXXX" too: only then is there anything to look for.
+    # ASCII JSON writes characters beyond U+FFFF as surrogate pairs, and a lone surrogate
+    # as one such escape ("\ud800"): only then is there anything to look for.
     if "\\ud" in text and find_lone_surrogate(result) is not None:
         return _sanitize(result, 0, set())
     return result
