@@ -426,6 +426,25 @@ def test_stream_opens_reuse_a_recent_access_check(client, app, finished_run):
     assert statements_during(app, open_stream) == 0
 
 
+def test_stream_opens_of_many_runs_look_their_caller_up_once(client, app, world, finished_run):
+    """One person's Chat page opens a stream per run: the caller is read once, not once per run."""
+    reusing_grants(app)
+    second = run_workflow(client, world, world.workflow).get_json()
+
+    def open_stream(run: dict):
+        return lambda: stream_text(client.get(run["events_url"]))
+
+    assert statements_during(app, open_stream(finished_run)) > 0
+    assert statements_during(app, open_stream(second)) == 0
+
+
+def test_a_service_is_looked_up_once_and_its_link_once_per_run(client, app, world):
+    reusing_grants(app)
+    first, second = (run_workflow(client, world, world.workflow, "linked_service").get_json() for _ in range(2))
+    stream_text(client.get(first["events_url"]))
+    assert statements_during(app, lambda: stream_text(client.get(second["events_url"]))) == 1  # the link
+
+
 def test_access_removed_elsewhere_refuses_stream_opens_once_the_setting_has_passed(client, app, world, finished_run):
     clock = reusing_grants(app, seconds=1.0)
     assert client.get(finished_run["events_url"]).status_code == 200

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Protocol, Sequence, TypeVar
 
 from sqlalchemy import Select, bindparam, event, exists, select
 from sqlalchemy.orm import Session
@@ -348,16 +348,20 @@ def _note_commit(session: Session) -> None:
 
 
 class StreamGrants:
-    """Recent "yes" answers to: may the caller a stream token names still see this run?
+    """Recent answers to the questions a stream open asks: who is the caller a stream
+    token names, today, and may that caller still see this run?
 
     Every open of a stream with a token asks the database whether its caller still
     exists and may still see the run (a removed member, a disabled or unlinked
     service is refused). 10,000 EventSources (re)connecting to one run at once would
-    ask the same question 10,000 times, so a "yes" is reused for up to ``seconds``
-    (``CHATSVC_STREAM_ACCESS_CACHE_SECONDS``). Every commit made by this process
+    ask the same question 10,000 times, and one person's Chat page opens a stream per
+    run, so an answer is reused for up to ``seconds``
+    (``CHATSVC_STREAM_ACCESS_CACHE_SECONDS``): the caller (its flags and team roles)
+    per caller, the "yes" per caller and run. Every commit made by this process
     forgets them all: a change made through this process applies to the next open at
     once, one made elsewhere (another worker or host, the CLI) within ``seconds``.
     ``seconds=0``: ask every time. An open stream is never cut off either way.
+    Only found callers and "yes" answers are kept: a refusal is asked again.
 
     Plain dict operations, no lock (as ``caller.VerifiedTokens``); cleared when full.
     """
@@ -366,22 +370,27 @@ class StreamGrants:
         self._seconds = seconds
         self._size = size
         self._clock = clock
-        self._items: dict[tuple[str, str], tuple[int, float]] = {}  # (caller, run) -> (last commit, until)
+        self._items: dict[Hashable, tuple[int, float, Any]] = {}  # question -> (last commit, until, answer)
+
+    def caller(self, caller_key: str) -> Caller | None:
+        """The caller ``caller_key`` names today (``caller_for_key``), or one found less than ``seconds`` ago."""
+        return self._recall(caller_key, lambda: caller_for_key(caller_key))
 
     def allowed(self, caller_key: str, run_id: str, ask: Callable[[], bool]) -> bool:
         """``ask()``'s answer, or a "yes" it gave less than ``seconds`` ago with no commit since."""
-        key = (caller_key, run_id)
+        return bool(self._recall((caller_key, run_id), ask))
+
+    def _recall(self, question: Hashable, ask: Callable[[], T]) -> T:
         as_of = _last_commit  # read before asking: a commit made while we ask voids the answer
-        held = self._items.get(key)
+        held = self._items.get(question)
         if held is not None and held[0] == as_of and self._clock() < held[1]:
-            return True
-        if not ask():
-            return False
-        if self._seconds > 0:
+            return held[2]
+        answer = ask()
+        if answer and self._seconds > 0:
             if len(self._items) >= self._size:
                 self._items = {}
-            self._items[key] = (as_of, self._clock() + self._seconds)
-        return True
+            self._items[question] = (as_of, self._clock() + self._seconds, answer)
+        return answer
 
 
 def run_for_stream_token(caller_key: str, registry: RunRegistry, run_id: str, grants: StreamGrants) -> RunInfo:
@@ -392,15 +401,11 @@ def run_for_stream_token(caller_key: str, registry: RunRegistry, run_id: str, gr
     failed: 401, not 404.
     """
     run = registry.get(run_id)
+    caller = grants.caller(caller_key)
+    if caller is None:
+        raise Unauthorized(_TOKEN_CALLER_GONE)
     if run is None:
-        if caller_for_key(caller_key) is None:
-            raise Unauthorized(_TOKEN_CALLER_GONE)
         raise NotFound(f"Run {run_id} not found")
-
-    def may_still_see() -> bool:
-        caller = caller_for_key(caller_key)
-        return caller is not None and can_see_run(caller, run)
-
-    if not grants.allowed(caller_key, run_id, may_still_see):
+    if not grants.allowed(caller_key, run_id, lambda: can_see_run(caller, run)):
         raise Unauthorized(_TOKEN_CALLER_GONE)
     return run
