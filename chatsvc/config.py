@@ -50,6 +50,7 @@ class Config:
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_timeout_seconds: float = 60.0
+    llm_max_reply_chars: int = 1_000_000  # llm.DEFAULT_MAX_REPLY_CHARS
     jsonata_timeout_ms: int = 500
     jsonata_workers: int = 4
     jsonata_memory_mb: int = 512
@@ -92,6 +93,7 @@ class Config:
             llm_base_url=env.get("CHATSVC_LLM_BASE_URL") or None,
             llm_api_key=env.get("CHATSVC_LLM_API_KEY") or None,
             llm_timeout_seconds=env_float(env, "CHATSVC_LLM_TIMEOUT_SECONDS", 60.0),
+            llm_max_reply_chars=env_int(env, "CHATSVC_LLM_MAX_REPLY_CHARS", 1_000_000),
             jsonata_timeout_ms=env_int(env, "CHATSVC_JSONATA_TIMEOUT_MS", 500),
             jsonata_workers=env_int(env, "CHATSVC_JSONATA_WORKERS", 4),
             jsonata_memory_mb=env_int(env, "CHATSVC_JSONATA_MEMORY_MB", 512),

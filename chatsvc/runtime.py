@@ -59,6 +59,7 @@ class Runtime:
             base_url=config.llm_base_url,
             api_key=config.llm_api_key,
             timeout_seconds=config.llm_timeout_seconds,
+            max_reply_chars=config.llm_max_reply_chars,
         )
         tokens = StreamTokens(config.effective_jwt_secret, config.stream_token_max_age_seconds)
         stream_grants = StreamGrants(config.stream_access_cache_seconds)

@@ -240,11 +240,17 @@ def fake_openai():
 
 class TestOpenAIProvider:
     @pytest.fixture
-    def config_overrides(self, fake_openai):
+    def more_settings(self):
+        """Further settings for one test (parametrize it)."""
+        return {}
+
+    @pytest.fixture
+    def config_overrides(self, fake_openai, more_settings):
         return {
             "llm_provider": "openai",
             "llm_base_url": fake_openai.base_url,
             "llm_timeout_seconds": LLM_TIMEOUT,
+            **more_settings,
         }
 
     @pytest.fixture
@@ -306,6 +312,18 @@ class TestOpenAIProvider:
         assert events[-1]["message"] == "run_finished"
         assert events[-1]["data"]["status"] == "failed"
         assert done["status"] == "failed" and "HTTP 500" in done["error"]["message"]
+
+    @pytest.mark.parametrize("more_settings", [{"llm_max_reply_chars": 12}])
+    def test_a_reply_past_its_limit_fails_the_run(self, client, world, expert, fake_openai):
+        fake_openai.stream(["Why ", "did ", "the ", "chicken…"])
+        body = run(client, world.headers["member"], expert_id=expert.id, input_params={"who": "Ann"}).get_json()
+        assert body["status"] == "failed", body
+        assert body["error"]["type"] == "LLMError"
+        assert "longer than 12 characters (CHATSVC_LLM_MAX_REPLY_CHARS)" in body["error"]["message"]
+        events, done = read_events(client, body["events_url"])
+        assert [ev["data"]["text"] for ev in events if ev["message"] == "assistant_delta"] == ["Why ", "did ", "the "]
+        assert "assistant_reply" not in messages(events)
+        assert done["status"] == "failed"
 
     def test_silent_server_fails_within_the_timeout(self, client, world, expert, fake_openai):
         fake_openai.hang()

@@ -43,6 +43,10 @@ NO_API_KEY_PLACEHOLDER = "not-needed"
 # Server error messages are shown to callers; keep them to a readable size.
 _MAX_SERVER_MESSAGE_CHARS = 300
 
+# The longest reply read before the call fails: far above any model's output limit, far below
+# what would hurt the process (a broken or hostile server can stream for ever).
+DEFAULT_MAX_REPLY_CHARS = 1_000_000
+
 
 class ChatMessage(TypedDict):
     """One chat message, as the OpenAI chat API takes it: {"role": ..., "content": ...}."""
@@ -122,6 +126,8 @@ class OpenAIProvider(LLMProvider):
     ``timeout_seconds`` bounds each wait for the server (for the response to
     start, and between two pieces of the stream), not the whole reply: a long
     answer that keeps streaming is fine, a server that goes silent is an LLMError.
+    ``max_reply_chars`` bounds the reply: a server that streams past it is an
+    LLMError, and the rest is not read (its pieces so far have reached ``on_delta``).
     """
 
     name = "openai"
@@ -133,10 +139,12 @@ class OpenAIProvider(LLMProvider):
         api_key: str | None,
         timeout_seconds: float = 60.0,
         connect_timeout_seconds: float = 5.0,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
     ) -> None:
         _check_base_url(base_url)
         self.base_url = base_url
         self.timeout_seconds = timeout_seconds
+        self.max_reply_chars = max_reply_chars
         self._api_key = api_key or None  # kept only to scrub it from error messages
         self._client = openai.OpenAI(
             base_url=base_url,
@@ -164,10 +172,18 @@ class OpenAIProvider(LLMProvider):
         if should_cancel():
             raise LLMCancelled("LLM call cancelled before it started")
         parts: list[str] = []
+        chars = 0
         deltas = self._stream_deltas(model, messages)
         try:
             for text in deltas:
                 if text:
+                    chars += len(text)
+                    if chars > self.max_reply_chars:
+                        raise LLMError(
+                            f"the LLM server at {_display_url(self.base_url)} sent a reply longer than "
+                            f"{self.max_reply_chars:,} characters (CHATSVC_LLM_MAX_REPLY_CHARS); "
+                            "the rest was not read"
+                        )
                     parts.append(text)
                     on_delta(text)
                 # Checked after every chunk, even an empty one: reasoning models can stream
@@ -237,7 +253,8 @@ class OpenAIProvider(LLMProvider):
 
 
 def make_provider(
-    name: str, *, base_url: str | None, api_key: str | None, timeout_seconds: float
+    name: str, *, base_url: str | None, api_key: str | None, timeout_seconds: float,
+    max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
 ) -> LLMProvider:
     """Build the provider named by CHATSVC_LLM_PROVIDER: "stub" or "openai"."""
     normalized = (name or "").strip().lower()
@@ -249,7 +266,8 @@ def make_provider(
                 "the openai LLM provider needs a base URL (CHATSVC_LLM_BASE_URL), "
                 "e.g. http://localhost:8080/v1"
             )
-        return OpenAIProvider(base_url=base_url, api_key=api_key, timeout_seconds=timeout_seconds)
+        return OpenAIProvider(base_url=base_url, api_key=api_key, timeout_seconds=timeout_seconds,
+                              max_reply_chars=max_reply_chars)
     raise ValueError(f"unknown LLM provider {name!r}; expected 'stub' or 'openai'")
 
 

@@ -105,6 +105,30 @@ def test_one_provider_serves_many_threads_at_once(fake_openai, provider) -> None
     assert len(fake_openai.requests) == 16
 
 
+def test_a_reply_past_its_limit_fails_and_the_rest_is_not_read(fake_openai) -> None:
+    # A broken or hostile server can stream for ever; its pieces are events and memory.
+    provider = OpenAIProvider(base_url=fake_openai.base_url, api_key=API_KEY, timeout_seconds=1.0,
+                              max_reply_chars=10)
+    fake_openai.stream(["abcd"] * 200, delay=0.01)
+    deltas: list[str] = []
+
+    with pytest.raises(LLMError, match=r"longer than 10 characters \(CHATSVC_LLM_MAX_REPLY_CHARS\)"):
+        provider.complete(model="m", messages=MESSAGES, on_delta=deltas.append, should_cancel=never)
+
+    assert deltas == ["abcd", "abcd"]  # what fits; the piece that crosses the limit is not handed on
+    assert fake_openai.wait_for_disconnect(timeout=2.0)
+    assert fake_openai.chunks_sent < 50
+    provider.close()
+
+
+def test_a_reply_of_exactly_the_limit_is_whole(fake_openai) -> None:
+    provider = OpenAIProvider(base_url=fake_openai.base_url, api_key=API_KEY, timeout_seconds=1.0,
+                              max_reply_chars=8)
+    fake_openai.stream(["abcd", "efgh"])
+    assert complete(provider)[0] == "abcdefgh"
+    provider.close()
+
+
 # -- cancellation ----------------------------------------------------------------
 
 
