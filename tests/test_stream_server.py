@@ -74,13 +74,20 @@ def cancel(live: Live, run_id: str) -> None:
     assert rv.status_code in (202, 409), rv.text
 
 
-def sse_connections(live: Live) -> float:
-    text = httpx.get(live.url + "/metrics").text
+def metric(url: str, name: str, **labels: str) -> float:
+    """A sample of the server's /metrics; 0 for a labelled sample not there (none counted yet)."""
+    text = httpx.get(url + "/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "chatsvc_sse_connections":
+            if sample.name == name and labels.items() <= sample.labels.items():
                 return sample.value
-    raise AssertionError(f"chatsvc_sse_connections missing from /metrics:\n{text}")
+    if labels:
+        return 0.0
+    raise AssertionError(f"{name} missing from /metrics:\n{text}")
+
+
+def sse_connections(live: Live) -> float:
+    return metric(live.url, "chatsvc_sse_connections")
 
 
 def wait_no_streams(live: Live, timeout: float = 8.0) -> None:
@@ -382,6 +389,34 @@ def test_a_slow_subscriber_does_not_delay_the_others(live):
 
 
 @pytest.mark.timeout(300)
+def test_sync_requests_wait_for_their_runs_without_holding_the_database(tmp_path):
+    """A process has 15 pooled database connections. Twenty sync requests waiting for their
+    runs must leave them free: another team's next request is not held up by them."""
+    waiting, nap_seconds = 20, 10
+    with LiveServer(tmp_path, env={"CHATSVC_MAX_ACTIVE_RUNS_PER_CALLER": "100"}) as server:
+        seed = server.seed()
+        admin = server.admin_headers(seed)
+        nap_id = server.nap_workflow(admin, seed["team_id"], nap_seconds)
+
+        def run_sync(_: int) -> dict:
+            rv = httpx.post(f"{server.url}{CHAT}/workflows:run", headers=admin, timeout=nap_seconds + 20,
+                            json={"workflow_id": nap_id, "mode": "sync"})
+            assert rv.status_code == 200, rv.text
+            return rv.json()
+
+        with ThreadPoolExecutor(max_workers=waiting) as pool:
+            runs = pool.map(run_sync, range(waiting))
+            # (Were the waiting requests holding their connections, only 15 runs would start.)
+            poll(lambda: metric(server.url, "chatsvc_runs", kind="workflow", status="running"),
+                 lambda running: running == waiting, timeout=nap_seconds / 2, interval=0.1)
+            started = time.monotonic()
+            rv = httpx.get(server.url + "/api/v1/teams", headers={"X-API-Key": seed["service_api_key"]},
+                           timeout=TIMEOUT)
+            assert rv.status_code == 200, rv.text
+            assert time.monotonic() - started < 3, "the request waited for a database connection"
+            assert {run["status"] for run in runs} == {"succeeded"}
+
+
 def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path):
     """Runs waiting in a sleep node cost a greenlet each: one worker runs 1,000 at once."""
     runs = 1000

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema
 
 from chatsvc.errors import Conflict
+from chatsvc.extensions import db
 from chatsvc.runs.executor import RunContext, RunOutcome
 from chatsvc.runs.registry import RunInfo
 from chatsvc.runs.shape import (
@@ -77,6 +78,11 @@ def start_run(caller: Caller, kind: str, target: Any, job, mode: str, result_sch
     runtime = current_runtime()
     info = runtime.executor.submit(kind=kind, target_id=target.id, team_id=target.team_id, owner=caller.key, job=job)
     if mode == "sync":
+        # The run takes up to the sync timeout and everything it needs was read: end the
+        # request's transaction (reads only) so its connection goes back to the pool, or a
+        # team's sync runs would hold every pooled connection and stall every other request
+        # of the process. (Not commit: a commit tells StreamGrants that access may have changed.)
+        db.session.rollback()
         final = runtime.executor.wait(info.run_id, runtime.config.sync_timeout_seconds)
         if final is not None:
             return jsonify(result_schema.dump(run_data(final)))
