@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
-from werkzeug.security import check_password_hash, generate_password_hash
 
+from chatsvc import passwords
 from chatsvc.extensions import db
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON elsewhere.
@@ -66,10 +66,10 @@ class User(TimestampMixin, db.Model):
         return email.strip().lower()
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = passwords.hash_password(password)
 
     def check_password(self, password: str) -> bool:
-        return check_password_hash(self.password_hash, password)
+        return passwords.check_password(self.password_hash, password)
 
 
 class Team(TimestampMixin, db.Model):
