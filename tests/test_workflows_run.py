@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -574,3 +578,44 @@ class TestExpertNodeOnTheOpenAIProvider:
         assert final["status"] == "cancelled"
         assert [s["status"] for s in final["result"]["steps"]] == ["succeeded", "cancelled", "skipped"]
         assert fake_openai.wait_for_disconnect(timeout=2)
+
+
+def test_a_long_workflow_gives_way_to_the_rest_of_the_process_under_gevent():
+    """Under gevent a run that never waits (thousands of `echo` nodes) would hold the worker's
+    one thread from start to end: every stream and request of the process stalled for it."""
+    script = textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import json, time
+        import gevent
+        from chatsvc.runs.executor import RunContext
+        from chatsvc.runs.logger import RunLogger
+        from chatsvc.runs.registry import MemoryRunRegistry
+        from chatsvc.services.dag import EdgeSpec, Graph, NodeSpec
+        from chatsvc.services.llm import StubProvider
+        from chatsvc.services.workflow_runner import WorkflowJob
+
+        n = 10_000
+        nodes = [NodeSpec(1, "n0", "input", {})] + [NodeSpec(i + 1, f"n{i}", "echo", {}) for i in range(1, n)]
+        graph = Graph.build(nodes, [EdgeSpec(f"n{i}", f"n{i + 1}") for i in range(n - 1)])
+        registry = MemoryRunRegistry(max_events_per_run=3 * n)
+        info = registry.create(kind="workflow", target_id=1, team_id=1, owner="user:1")
+        registry.mark_running(info.run_id)
+        job = WorkflowJob(graph=graph, starting_inputs={"x": 1}, experts={}, provider=StubProvider())
+        run = gevent.spawn(job, RunContext(info.run_id, registry, RunLogger(registry)))
+        gaps, last = [], time.monotonic()
+        while not run.ready():
+            gevent.sleep(0.001)  # another greenlet: how long does it wait for its turn?
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        print(json.dumps({"status": run.get().status, "longest_wait": max(gaps), "turns": len(gaps)}))
+        registry.close()
+    """)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "succeeded"
+    assert out["turns"] > 10, out
+    assert out["longest_wait"] < 0.2, out  # about 0.02 s here; 1 s and more without turns

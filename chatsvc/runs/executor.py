@@ -12,7 +12,9 @@ with a shared backend.
 Under gevent the pool's "threads" are greenlets: a run waiting on the LLM or in
 a ``sleep`` node costs a greenlet, so the pool is sized to run every live run at
 once (``default_workers``). CPU-heavy work (JSONata) runs in evaluator processes,
-not here, so it cannot starve the streams.
+not here, so it cannot starve the streams; a job that computes for long without
+waiting (a workflow of thousands of nodes) calls ``RunContext.take_turns`` between
+steps, so it gives the worker's one thread up every ``TURN_SECONDS``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.registry import RegistryFull, RunInfo, RunRegistry, TooManyActiveRuns
 
 log = logging.getLogger("chatsvc.runs")
+
+# Longest a run computes before letting the process's other greenlets (streams, requests,
+# other runs) go first: a 10,000-node workflow held the worker for 1.6 s in one go.
+TURN_SECONDS = 0.005
+# How it gives way: a sleep, but not sleep(0). gevent's sleep(0) lets the greenlets that are
+# ready run, but looks at sockets and timers only every 50 such yields (its loop checks the
+# switch interval every CALLBACK_CHECK_COUNT callbacks): 250 ms of stalled streams. Any
+# positive time puts the run behind a poll of the loop; 1 µs has expired by then, so an
+# otherwise idle process does not wait (0.1 ms did: the loop's poll rounds up to 1 ms).
+GIVE_WAY_SECONDS = 1e-6
 
 
 class RunCancelled(Exception):
@@ -54,6 +66,7 @@ class RunContext:
         # Set by cancel() in this process, so a sleeping run wakes at once; the
         # registry flag is the source of truth (another process may set it).
         self._cancel_event = threading.Event()
+        self._turn_started = time.monotonic()
 
     def log_info(self, message: str, **data: Any) -> None:
         self._logger.log_info(self.run_id, message, **data)
@@ -80,6 +93,14 @@ class RunContext:
     def check_cancelled(self) -> None:
         if self.cancelled:
             raise RunCancelled("Run cancelled")
+
+    def take_turns(self) -> None:
+        """Between steps: if the run has computed for ``TURN_SECONDS`` since it last gave way,
+        let the rest of the process go first (under gevent: every ready greenlet, socket and
+        timer; under threads the sleep only releases the GIL)."""
+        if time.monotonic() - self._turn_started >= TURN_SECONDS:
+            time.sleep(GIVE_WAY_SECONDS)
+            self._turn_started = time.monotonic()
 
     def sleep(self, seconds: float) -> None:
         """Sleep up to ``seconds``; raise RunCancelled as soon as the run is cancelled."""

@@ -80,6 +80,7 @@ class WorkflowJob:
         steps: list[dict[str, Any]] = []
         stop: str | None = None  # "failed" or "cancelled" once the run cannot go on
         for index, node in enumerate(order, start=1):
+            ctx.take_turns()
             if stop is None and ctx.cancelled:
                 stop = "cancelled"
             if stop is not None:
