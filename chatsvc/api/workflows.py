@@ -3,6 +3,7 @@
 from flask import url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from sqlalchemy import delete, insert
 
 from chatsvc.extensions import db
 from chatsvc.models import Edge, Node, Workflow, WorkflowService
@@ -31,19 +32,33 @@ def _node_docs(nodes: list[dict]) -> list[dict]:
     return [{"key": n["key"], "node_type": n["node_type"], "metadata": n["meta"]} for n in nodes]
 
 
+_nodes, _edges = Node.__table__, Edge.__table__
+
+
 def _replace_graph(workflow: Workflow, nodes: list[dict], edges: list[dict]) -> None:
-    """Swap in a new, already validated graph; node ids follow the document's order."""
-    workflow.edges.clear()
-    workflow.nodes.clear()
-    db.session.flush()  # delete old rows first: keys must stay unique per workflow
-    by_key = {}
-    for doc in nodes:
-        node = Node(key=doc["key"], node_type=doc["node_type"], meta=doc["metadata"])
-        workflow.nodes.append(node)
-        by_key[node.key] = node
-    db.session.flush()  # assigns node ids, in document order
-    for doc in edges:
-        workflow.edges.append(Edge(source=by_key[doc["source"]], target=by_key[doc["target"]]))
+    """Swap in a new, already validated graph; node ids follow the document's order.
+
+    Bulk statements, not ORM objects: the unit of work spent 5 s of the worker's one
+    thread on a graph of 10,000 nodes and edges, stalling every other request and stream.
+    """
+    db.session.flush()  # the workflow's own row (a new one gets its id)
+    connection = db.session.connection()
+    for table in (_edges, _nodes):  # old rows first: keys must stay unique per workflow
+        connection.execute(delete(table).where(table.c.workflow_id == workflow.id))
+    node_ids = {}
+    if nodes:
+        added = connection.execute(
+            insert(_nodes).returning(_nodes.c.id, _nodes.c.key, sort_by_parameter_order=True),
+            [{"workflow_id": workflow.id, "key": doc["key"], "node_type": doc["node_type"],
+              "metadata": doc["metadata"]} for doc in nodes])
+        node_ids = dict((key, node_id) for node_id, key in added)
+    if edges:
+        connection.execute(insert(_edges), [
+            {"workflow_id": workflow.id, "source_id": node_ids[doc["source"]], "target_id": node_ids[doc["target"]]}
+            for doc in edges])
+    # Whatever this session loaded of the old graph is stale, and the new rows may reuse its
+    # ids (SQLite): everything is read again from the database when next used.
+    db.session.expire_all()
 
 
 @blp.route("")
