@@ -51,7 +51,7 @@ def _replace_graph(workflow: Workflow, nodes: list[dict], edges: list[dict]) -> 
             insert(_nodes).returning(_nodes.c.id, _nodes.c.key, sort_by_parameter_order=True),
             [{"workflow_id": workflow.id, "key": doc["key"], "node_type": doc["node_type"],
               "metadata": doc["metadata"]} for doc in nodes])
-        node_ids = dict((key, node_id) for node_id, key in added)
+        node_ids = {key: node_id for node_id, key in added}
     if edges:
         connection.execute(insert(_edges), [
             {"workflow_id": workflow.id, "source_id": node_ids[doc["source"]], "target_id": node_ids[doc["target"]]}
