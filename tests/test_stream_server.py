@@ -388,7 +388,6 @@ def test_a_slow_subscriber_does_not_delay_the_others(live):
     wait_no_streams(live)
 
 
-@pytest.mark.timeout(300)
 def test_a_flood_of_sign_ins_does_not_stall_the_worker(live):
     """A password check costs ~0.12 s of CPU (scrypt). Made on the worker's one event loop,
     eight clients sending wrong passwords held every other request at ~1 s."""
@@ -447,6 +446,7 @@ def test_sync_requests_wait_for_their_runs_without_holding_the_database(tmp_path
             assert {run["status"] for run in runs} == {"succeeded"}
 
 
+@pytest.mark.timeout(300)
 def test_a_thousand_sleeping_runs_all_run_at_once_with_default_settings(tmp_path):
     """Runs waiting in a sleep node cost a greenlet each: one worker runs 1,000 at once."""
     runs = 1000

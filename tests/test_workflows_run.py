@@ -1,4 +1,5 @@
-"""`POST /api/v1/chat/workflows:run` through the HTTP API (SPEC §4, §6.2, §8)."""
+"""`POST /api/v1/chat/workflows:run` through the HTTP API (SPEC §4, §6.2, §8); the runner itself
+where only it can set up the case (a cancel seen between nodes, gevent)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from chatsvc.runs.executor import RunContext
+from chatsvc.runs.logger import RunLogger
+from chatsvc.runs.registry import MemoryRunRegistry
+from chatsvc.services.dag import EdgeSpec, Graph, NodeSpec
+from chatsvc.services.llm import StubProvider
+from chatsvc.services.workflow_runner import WorkflowJob
 from tests.helpers.fake_openai import FakeOpenAI
 from tests.helpers.runs import messages, only, poll, read_events, wait_finished
 from tests.helpers.support import RUN_PERMISSIONS, api_key_headers
@@ -619,3 +626,17 @@ def test_a_long_workflow_gives_way_to_the_rest_of_the_process_under_gevent():
     assert out["status"] == "succeeded"
     assert out["turns"] > 10, out
     assert out["longest_wait"] < 0.2, out  # about 0.02 s here; 1 s and more without turns
+
+
+def test_a_run_cancelled_between_nodes_ends_with_the_cancel_error_like_any_cancelled_run():
+    registry = MemoryRunRegistry()
+    info = registry.create(kind="workflow", target_id=1, team_id=1, owner="user:1")
+    registry.mark_running(info.run_id)
+    registry.request_cancel(info.run_id)  # seen at the first node: every node is skipped
+    graph = Graph.build([NodeSpec(1, "a", "input", {}), NodeSpec(2, "b", "echo", {})], [EdgeSpec("a", "b")])
+    job = WorkflowJob(graph=graph, starting_inputs={}, experts={}, provider=StubProvider())
+    outcome = job(RunContext(info.run_id, registry, RunLogger(registry)))
+    assert outcome.status == "cancelled"
+    assert [step["status"] for step in outcome.result["steps"]] == ["skipped", "skipped"]
+    assert outcome.error == {"type": "RunCancelled", "message": "Run cancelled"}
+    registry.close()
