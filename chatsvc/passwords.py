@@ -18,6 +18,7 @@ from typing import Callable, TypeVar
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from chatsvc.concurrency import under_gevent
 from chatsvc.errors import ServiceUnavailable
 
 T = TypeVar("T")
@@ -30,9 +31,7 @@ RETRY_AFTER_SECONDS = 1
 def _off_the_event_loop(work: Callable[[], T]) -> T:
     """``work()`` in a native thread when gevent has patched threading (the other greenlets
     go on meanwhile); else right here (a threaded server: this request's own thread)."""
-    from gevent import monkey
-
-    if not monkey.is_module_patched("threading"):
+    if not under_gevent():
         return work()
     from gevent import get_hub
 

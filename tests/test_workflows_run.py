@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsvc.runs.executor import RunContext
+from chatsvc.runs.executor import RunContext, RunExecutor
 from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.registry import MemoryRunRegistry
 from chatsvc.services.dag import EdgeSpec, Graph, NodeSpec
@@ -594,7 +594,7 @@ def test_a_long_workflow_gives_way_to_the_rest_of_the_process_under_gevent():
         from gevent import monkey; monkey.patch_all()
         import json, time
         import gevent
-        from chatsvc.runs.executor import RunContext
+        from chatsvc.runs.executor import RunContext, RunExecutor
         from chatsvc.runs.logger import RunLogger
         from chatsvc.runs.registry import MemoryRunRegistry
         from chatsvc.services.dag import EdgeSpec, Graph, NodeSpec
@@ -630,13 +630,18 @@ def test_a_long_workflow_gives_way_to_the_rest_of_the_process_under_gevent():
 
 def test_a_run_cancelled_between_nodes_ends_with_the_cancel_error_like_any_cancelled_run():
     registry = MemoryRunRegistry()
-    info = registry.create(kind="workflow", target_id=1, team_id=1, owner="user:1")
-    registry.mark_running(info.run_id)
-    registry.request_cancel(info.run_id)  # seen at the first node: every node is skipped
+    executor = RunExecutor(registry, RunLogger(registry), workers=1, max_queued=1)
     graph = Graph.build([NodeSpec(1, "a", "input", {}), NodeSpec(2, "b", "echo", {})], [EdgeSpec("a", "b")])
-    job = WorkflowJob(graph=graph, starting_inputs={}, experts={}, provider=StubProvider())
-    outcome = job(RunContext(info.run_id, registry, RunLogger(registry)))
+    workflow = WorkflowJob(graph=graph, starting_inputs={}, experts={}, provider=StubProvider())
+
+    def job(ctx: RunContext):
+        registry.request_cancel(ctx.run_id)  # seen at the first node: every node is skipped
+        return workflow(ctx)
+
+    info = executor.submit(kind="workflow", target_id=1, team_id=1, owner="user:1", job=job)
+    outcome = executor.wait(info.run_id, 10)
     assert outcome.status == "cancelled"
     assert [step["status"] for step in outcome.result["steps"]] == ["skipped", "skipped"]
     assert outcome.error == {"type": "RunCancelled", "message": "Run cancelled"}
+    executor.shutdown()
     registry.close()

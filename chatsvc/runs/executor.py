@@ -23,9 +23,10 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from chatsvc.concurrency import under_gevent
 from chatsvc.errors import ServiceUnavailable, TooManyRequests
 from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.registry import RegistryFull, RunInfo, RunRegistry, TooManyActiveRuns
@@ -270,6 +271,10 @@ class RunExecutor:
             return RunOutcome("failed", error={"type": type(exc).__name__, "message": str(exc)})
         if not isinstance(outcome, RunOutcome):
             outcome = RunOutcome(result=outcome)
+        if outcome.status == "cancelled" and outcome.error is None:
+            # A job that noticed the cancel itself (a workflow between two nodes): the same
+            # error as any other cancelled run.
+            outcome = replace(outcome, error=cancelled_error())
         return outcome
 
     def _release(self, run_id: str) -> None:
@@ -288,11 +293,7 @@ class RunExecutor:
 
 def default_workers(max_live_runs: int) -> int:
     """Pool size: every live run at once under gevent (greenlets), a thread pool's worth otherwise."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return 32
-    return max_live_runs if monkey.is_module_patched("threading") else 32
+    return max_live_runs if under_gevent() else 32
 
 
 def shutting_down_error(message: str = "the server shut down before the run finished") -> dict[str, str]:

@@ -93,8 +93,6 @@ class WorkflowJob:
                 stop = step["status"]
         status = stop or "succeeded"
         error = next((s["error"] for s in steps if "error" in s), None)
-        if status == "cancelled" and error is None:  # cancelled between nodes: no node ended with it
-            error = cancelled_error()
         summary = [{k: s[k] for k in ("node_key", "status", "duration_ms")} for s in steps]
         return RunOutcome(status, result={"steps": steps}, error=error, summary={"steps": summary})
 
