@@ -15,6 +15,8 @@ EXPECTED_FAMILIES = {
     "chatsvc_http_request_duration_seconds": "histogram",
     "chatsvc_sse_streams_opened": "counter",
     "chatsvc_sse_stream_duration_seconds": "histogram",
+    "chatsvc_run_feeds": "gauge",
+    "chatsvc_greenlets": "gauge",
 }
 
 
@@ -45,6 +47,8 @@ def test_metrics_is_prometheus_text_with_chatsvc_series(client, world):
     assert sample("chatsvc_run_events_total", level="info") >= 3
     assert sample("chatsvc_sse_connections") == 0
     assert sample("chatsvc_executor_queue_depth") == 0
+    assert sample("chatsvc_run_feeds") >= 1  # the finished run's, held until its TTL
+    assert sample("chatsvc_greenlets") >= 0
     # Requests by route pattern and status; the stream is counted, and timed on its own.
     run_route = "/api/v1/chat/experts:run"
     assert sample("chatsvc_http_requests_total", method="POST", route=run_route, status="200") == 1

@@ -20,7 +20,15 @@ its look and its wait still wakes it.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import NamedTuple
+
+_ALIVE: "weakref.WeakSet[RunFeed]" = weakref.WeakSet()
+
+
+def feeds_alive() -> int:
+    """RunFeeds alive in this process (``/metrics``: a feed that outlives its run is a leak)."""
+    return len(_ALIVE)
 
 
 class FeedRead(NamedTuple):
@@ -42,6 +50,7 @@ class RunFeed:
         self._done: bytes | None = None  # wire bytes of `done`, once the run ended
         self._wake = threading.Event()  # set (and replaced) on every publish
         self.subscribers = 0  # local readers; the registry's bookkeeping, not the feed's
+        _ALIVE.add(self)
 
     @property
     def last_seq(self) -> int:
