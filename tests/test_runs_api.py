@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from urllib.parse import quote
 
 import itsdangerous.timed
 import pytest
@@ -16,6 +17,7 @@ from chatsvc.models import Membership
 from chatsvc.runtime import EXTENSION_KEY
 from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done, encode_log_event
 from chatsvc.security.permissions import StreamGrants
+from tests.helpers.api import assert_error
 from tests.helpers.runs import FakeClock, parse_sse, poll, read_events
 
 CHAT = "/api/v1/chat"
@@ -327,12 +329,31 @@ def test_resume_with_last_event_id_query(client, world, finished_run):
     assert [(e.id, e.event) for e in parse_sse(stream_text(rv))] == [(5, "done")]
 
 
-def test_invalid_last_event_id_replays_everything(client, finished_run):
-    rv = client.get(finished_run["events_url"], headers={"Last-Event-ID": "nonsense"})
-    assert [e.id for e in parse_sse(stream_text(rv))] == [1, 2, 3, 4, 5]
+@pytest.mark.parametrize("last_event_id", ["nonsense", "-1", "1.5", "\u0663"])
+def test_a_last_event_id_that_is_not_a_non_negative_integer_is_400(client, finished_run, last_event_id):
+    rv = client.get(finished_run["events_url"], headers={"Last-Event-ID": last_event_id.encode("utf-8")})
+    assert_error(rv, 400, contains="non-negative integer")
+    rv = client.get(f"{finished_run['events_url']}&last_event_id={quote(last_event_id)}")
+    assert_error(rv, 400, contains="non-negative integer")
 
 
-@pytest.mark.parametrize("last_event_id", ["5", "6"])
+def test_a_last_event_id_beyond_a_live_runs_end_streams_from_its_end(client, world, nap_workflow):
+    """Not the whole log again, and not a wait for seqs the run may never reach: what comes next."""
+    started = run_workflow(client, world, nap_workflow, mode="async").get_json()
+    status_url = f"{CHAT}/runs/{started['run_id']}"
+    running = poll(lambda: client.get(status_url, headers=world.headers["member"]).get_json(),
+                   lambda body: body["event_count"] >= 4)  # ... node_start of the nap
+    rv = client.get(started["events_url"], headers={"Last-Event-ID": "99"}, buffered=False)
+    assert rv.status_code == 200
+    chunks = iter(rv.response)
+    assert next(chunks) == b"retry: 3000\n\n"  # no backlog: the client is at the end
+    assert client.post(f"{status_url}:cancel", headers=world.headers["member"]).status_code == 202
+    events = parse_sse(b"".join(chunks).decode())
+    rv.close()
+    assert events[0].id == running["event_count"] + 1 and events[-1].event == "done", events
+
+
+@pytest.mark.parametrize("last_event_id", ["5", "6", "99", "9" * 30])
 def test_reconnect_after_done_is_204(client, finished_run, last_event_id):
     rv = client.get(finished_run["events_url"], headers={"Last-Event-ID": last_event_id})
     assert rv.status_code == 204 and rv.data == b""

@@ -9,7 +9,10 @@
   Python's parser accepts, are a 400 (not JSON); a number no float or int can hold
   (``1e400``, 5,000 digits) is a 422. Text holding a lone UTF-16 surrogate
   (``"\\ud800"``: valid JSON syntax, not valid Unicode) is a 422 too: it could not be
-  sent on as UTF-8 (events, the LLM), so it is refused where it comes in.
+  sent on as UTF-8 (events, the LLM), so it is refused where it comes in. So is text
+  holding NUL (``"\u0000"``): PostgreSQL's text and JSON columns reject it, so it is a
+  422 naming the field, on every database alike, before any view or schema runs. On the
+  sign-in route, whose body is credentials, it is the usual 401 instead.
 - Chunked bodies: without a Content-Length the body is read here up to
   ``CHATSVC_MAX_BODY_BYTES``; one byte more is a 413, never a body cut short.
 """
@@ -23,16 +26,58 @@ import re
 import sys
 from typing import Any, Callable, Iterable
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from werkzeug.routing import IntegerConverter
 
-from chatsvc.errors import BadRequest, UnsupportedMediaType, Unprocessable, error_response
+from chatsvc.errors import ApiError, BadRequest, UnsupportedMediaType, Unprocessable, error_response
 from chatsvc.models import MAX_ID
 from chatsvc.runs.sse import find_lone_surrogate
 
 
 API_PREFIX = "/api/v1/"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_NUL_ESCAPE = re.compile(rb"\\u0000")  # raw control characters are not valid JSON: only the escape
+NUL_MESSAGE = "must not contain the NUL character (U+0000)"
+
+#: Views that answer text no database can store with their own error (the sign-in: 401).
+_NUL_REFUSALS: dict[type, Callable[[], ApiError]] = {}
+
+
+def refuses_nul_with(error: Callable[[], ApiError]) -> Callable[[type], type]:
+    """Class decorator of a view: a body holding NUL raises ``error()`` instead of the 422
+    (on the sign-in, whose body is credentials, a NUL just means wrong credentials)."""
+
+    def mark(view_class: type) -> type:
+        _NUL_REFUSALS[view_class] = error
+        return view_class
+
+    return mark
+
+
+def find_nul(value: Any) -> list[str | int] | None:
+    """The path (keys and list indexes) to the first key or string holding NUL, or None."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return [*path, key]
+                stack.append((child, [*path, key]))
+        elif isinstance(item, list):
+            stack.extend((child, [*path, index]) for index, child in enumerate(item))
+    return None
+
+
+def _field_errors(path: list[str | int], message: str) -> dict[str, Any]:
+    """``{"json": {"base": {"key": [message]}}}``: the nesting marshmallow gives field errors."""
+    errors: Any = [message]
+    for step in reversed(path):
+        errors = {step: errors}
+    return {"json": errors if path else {"_schema": [message]}}
 
 
 class IdConverter(IntegerConverter):
@@ -128,8 +173,21 @@ def _check_json_body(limit: int) -> Callable[[], None]:
             if lone is not None:
                 raise Unprocessable(f"JSON body: text must be valid Unicode (found a lone surrogate "
                                     f"\\u{ord(lone):04x})")
+        if body is not None and _NUL_ESCAPE.search(request.get_data(cache=True)):
+            path = find_nul(body)
+            if path is not None:
+                _refuse_nul(path)
 
     return check
+
+
+def _refuse_nul(path: list[str | int]) -> None:
+    view = current_app.view_functions.get(request.endpoint or "")
+    own_error = _NUL_REFUSALS.get(getattr(view, "view_class", None))  # type: ignore[arg-type]
+    if own_error is not None:
+        raise own_error()
+    where = ".".join(str(step).replace("\x00", "\\u0000") for step in path) or "the body"
+    raise Unprocessable(f"JSON body: {where} {NUL_MESSAGE}", errors=_field_errors(path, NUL_MESSAGE))
 
 
 class ChunkedBodyLimit:

@@ -9,6 +9,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from chatsvc.errors import BadRequest
 from chatsvc.runs.registry import RegistryUnavailable, RunNotFound, RunRegistry
 from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
 from chatsvc.runtime import current_runtime
@@ -76,6 +77,7 @@ class RunEvents(MethodView):
     @blp.doc(parameters=STREAM_QUERY_PARAMETERS, security=[*DEFAULT_SECURITY, {"streamToken": []}])
     @blp.alt_response(200, description="`text/event-stream`: log events, pings, then `done`", success=True)
     @blp.alt_response(204, description="Already sent `done` (Last-Event-ID): stop reconnecting")
+    @blp.alt_response(400, schema=ErrorSchema, description="Last-Event-ID is not a non-negative integer")
     @blp.alt_response(401, schema=ErrorSchema, description="No, invalid or expired credentials or token")
     @blp.alt_response(404, schema=ErrorSchema, description="Unknown, expired or not visible")
     def get(self, run_id):
@@ -88,11 +90,17 @@ class RunEvents(MethodView):
             info = run_for_stream_token(caller_key, runtime.registry, run_id, runtime.stream_grants)
         else:
             info = visible_run(get_caller(), runtime.registry, run_id)
-        after_seq = parse_last_event_id(request.headers.get("Last-Event-ID") or args.get("last_event_id"))
+        try:
+            after_seq = parse_last_event_id(request.headers.get("Last-Event-ID") or args.get("last_event_id"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         if info.finished and info.done_seq is not None and after_seq >= info.done_seq:
             done = Response(status=204)  # tells EventSource to stop reconnecting
             del done.headers["Content-Type"]  # no body, so no type (werkzeug would say text/html)
             return done
+        # Beyond the last event: as if at the end, so the client gets what comes next
+        # (and `done`), rather than waiting for seqs that a run may never reach.
+        after_seq = min(after_seq, info.event_count)
         timer = runtime.metrics.stream_timer()
         stream = stream_events(
             runtime.registry,

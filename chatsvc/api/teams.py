@@ -6,9 +6,9 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from chatsvc import accounts
-from chatsvc.errors import NotFound, Unprocessable
+from chatsvc.errors import NotFound
 from chatsvc.extensions import db
-from chatsvc.models import Membership, User
+from chatsvc.models import Membership
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import (
     readable_team,
@@ -16,6 +16,7 @@ from chatsvc.security.permissions import (
     require_team_admin,
     require_team_member,
     team_or_404,
+    user_to_add,
     visible_teams,
 )
 
@@ -102,15 +103,9 @@ class Members(MethodView):
     def post(self, body, team_id):
         """Add a user to a team, by user id or email."""
         team_or_404(team_id)
-        require_team_admin(get_caller(), team_id)
-        if "user_id" in body:
-            user = db.session.get(User, body["user_id"])
-            field, value = "user_id", body["user_id"]
-        else:
-            user = accounts.find_user(body["email"])
-            field, value = "email", body["email"]
-        if user is None:
-            raise Unprocessable("Unknown user", errors={"json": {field: [f"No user {value}"]}})
+        caller = get_caller()
+        require_team_admin(caller, team_id)
+        user = user_to_add(caller, user_id=body.get("user_id"), email=body.get("email"))
         membership = Membership(team_id=team_id, user=user, role=body["role"])
         db.session.add(membership)
         db.session.commit()

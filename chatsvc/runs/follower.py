@@ -146,7 +146,7 @@ class RedisFollower:
             # A forked worker inherits the attributes, not the thread or the connection.
             self._client = None
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._read_loop, name="chatsvc-run-follower", daemon=True)
+            self._thread = threading.Thread(target=self._supervise, name="chatsvc-run-follower", daemon=True)
             self._pid = pid
             self._thread.start()
 
@@ -174,9 +174,34 @@ class RedisFollower:
                 if entry.loaded.is_set() and entry.error is None and not entry.feed.finished
             }
 
-    def _read_loop(self) -> None:
+    def _supervise(self) -> None:
+        """The reader thread: ``_read_loop``, restarted at once whatever ends it.
+
+        Its feeds keep their events, so the new loop reads on from each feed's last seq:
+        open streams lose and repeat nothing. A loop that fails again within
+        ``RETRY_SECONDS`` (a fault that does not pass) aborts the feeds instead, so that
+        their streams end and ``EventSource`` resumes from a fresh backlog.
+        """
+        failed_at = -math.inf
+        while not self._stop.is_set():
+            held: dict[RunFeed, float] = {}
+            try:
+                self._read_loop(held)
+            except Exception:
+                now = time.monotonic()
+                again = now - failed_at < RETRY_SECONDS
+                failed_at = now
+                log.exception("run follower failed; %s", "closing this process's streams" if again
+                              else "restarting it (open streams go on where they were)")
+                if again:
+                    self._fail(held)
+                else:
+                    _show_due(held, math.inf)
+
+    def _read_loop(self, held: dict[RunFeed, float]) -> None:
+        """Reads the followed runs' streams until stopped; ``held``: feed -> when its subscribers
+        see the events it holds."""
         stop = self._stop
-        held: dict[RunFeed, float] = {}  # feed -> when its subscribers see the events it holds
         while not stop.is_set():
             self._changed.clear()
             self._wake_pending = False
@@ -192,12 +217,8 @@ class RedisFollower:
             streams[self._wake_key] = self._wake_seen
             try:
                 reply = self._read(streams, block_ms)
-            except _UNAVAILABLE as exc:
+            except _UNAVAILABLE as exc:  # anything else: _supervise restarts the loop
                 log.warning("run follower: Redis unavailable (%s); closing this process's streams", exc)
-                self._fail(held)
-                continue
-            except Exception:
-                log.exception("run follower: read failed; closing this process's streams")
                 self._fail(held)
                 continue
             due = time.monotonic() + GATHER_MS / 1000
@@ -221,16 +242,24 @@ class RedisFollower:
         return self._client.xread(streams, block=block_ms)
 
     def _publish(self, stream: str, entries: list) -> RunFeed | None:
-        """Gives a run's feed the events read from its stream, held; that feed if it got any."""
-        run_id = self._registry.run_id_of_stream(stream)
-        entry = self._runs.get(run_id)
-        if entry is None:
-            return None  # its last subscriber left meanwhile
+        """Gives a run's feed the events read from its stream, held; that feed if it got any.
+
+        The read may be older than the feed: it was sent for the run's previous feed, whose
+        last subscriber has left since, and a new subscriber's feed may still be loading
+        its backlog (the loader is then its only writer) or may start further back. So only
+        a loaded feed takes entries, and only the one right after its last seq: anything
+        beyond a gap is read again by the next ``XREAD``, which starts at the feed's end.
+        """
+        entry = self._runs.get(self._registry.run_id_of_stream(stream))
+        if entry is None or not entry.loaded.is_set() or entry.error is not None:
+            return None  # no subscriber left, or a new one still loading the backlog
         feed = entry.feed
         published = False
         for entry_id, fields in entries:
             seq = int(entry_id.partition("-")[2])
-            if seq <= feed.last_seq or feed.finished:
+            if feed.finished or seq > feed.last_seq + 1:
+                break
+            if seq <= feed.last_seq:
                 continue  # already published (the backlog and the read overlap)
             if "e" in fields:
                 feed.publish(seq, log_wire(seq, fields["e"]), wake=False)

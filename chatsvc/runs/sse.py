@@ -19,7 +19,8 @@ RETRY_PREAMBLE_BYTES = RETRY_PREAMBLE.encode()
 # The only line terminators SSE knows; str.splitlines() would also split on
 # \x0b, \x1c, \u2028 ... which a browser keeps inside the line.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")  # 18 digits: no giant ints from a header
+_DIGITS = re.compile(r"[0-9]+")  # ASCII digits only: int() would also take "٣", "+5" and "1_0"
+MAX_SEQ = 10**18  # a longer Last-Event-ID is past every run's end: no giant ints from a header
 # JSON may write a lone UTF-16 surrogate ("\ud800"); Python keeps it in a str, and UTF-8,
 # the stream's encoding, cannot carry it. (In a str every surrogate is a lone one: a valid
 # pair is decoded to the one character it stands for.)
@@ -80,11 +81,16 @@ def find_lone_surrogate(value: Any) -> str | None:
 
 
 def parse_last_event_id(value: str | None) -> int:
-    """The seq a client last saw (Last-Event-ID or ?last_event_id=); 0 if absent or invalid."""
-    if value is None:
+    """The seq a client last saw (Last-Event-ID or ?last_event_id=); 0 if absent or empty.
+
+    Raises ValueError unless it is a non-negative integer; one beyond every seq is MAX_SEQ.
+    """
+    value = (value or "").strip()
+    if not value:
         return 0
-    value = value.strip()
-    return int(value) if _LAST_EVENT_ID.fullmatch(value) else 0
+    if not _DIGITS.fullmatch(value):
+        raise ValueError("Last-Event-ID must be a non-negative integer: the id of the last event received")
+    return MAX_SEQ if len(value) > len(str(MAX_SEQ)) - 1 else int(value)
 
 
 def _one_line(value: str) -> str:

@@ -21,15 +21,18 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Protocol, Se
 from sqlalchemy import Select, bindparam, event, exists, select
 from sqlalchemy.orm import Session
 
-from chatsvc.errors import Forbidden, NotFound, Unauthorized
+from chatsvc.accounts import find_user
+from chatsvc.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from chatsvc.extensions import db
 from chatsvc.models import (
     Edge,
     Expert,
     ExpertService,
+    Membership,
     Node,
     Service,
     Team,
+    User,
     Workflow,
     WorkflowService,
     is_possible_id,
@@ -84,6 +87,29 @@ def require_team_admin(caller: Caller, team_id: int) -> None:
     if caller.is_platform_admin or caller.is_admin_of(team_id):
         return
     raise Forbidden(f"Team admin of team {team_id} required")
+
+
+def user_to_add(caller: Caller, *, user_id: int | None = None, email: str | None = None) -> User:
+    """The user a team admin adds to a team, by id or email.
+
+    A platform admin may add anyone. A team admin may add only people they can already
+    see: members of a team they belong to. Anyone else gets the same answer whether or
+    not an account exists, so the endpoint cannot be used to learn who has an account
+    (the sign-in answers unknown emails and wrong passwords alike, for the same reason).
+    """
+    field, value = ("user_id", user_id) if email is None else ("email", email)
+    user = db.session.get(User, user_id) if email is None else find_user(email)
+    if user is not None and (caller.is_platform_admin or _shares_a_team(caller, user.id)):
+        return user
+    reach = "" if caller.is_platform_admin else (
+        " among the members of your teams (a platform admin adds anyone else)")
+    raise Unprocessable("Unknown user", errors={"json": {field: [f"No user {value}{reach}"]}})
+
+
+def _shares_a_team(caller: Caller, user_id: int) -> bool:
+    found = select(Membership.user_id).where(Membership.user_id == user_id,
+                                             Membership.team_id.in_(list(caller.team_roles))).limit(1)
+    return caller.is_user and db.session.scalar(found) is not None
 
 
 def team_or_404(team_id: int) -> Team:

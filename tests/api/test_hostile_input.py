@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from chatsvc.models import MAX_ID
-from tests.helpers.api import API, assert_error
+from tests.helpers.api import API, assert_error, db_state, field_errors
 from tests.helpers.live_server import LiveServer
 from tests.helpers.support import PASSWORD
 
@@ -69,6 +69,53 @@ def test_the_depth_limit_is_a_setting_and_bodies_within_it_pass(client, world, c
                          ids=["value", "key", "uppercase escape"])
 def test_lone_surrogates_are_422_on_every_json_endpoint(app, client, world, body, subtests):
     assert_refused_on_every_json_endpoint(app, client, world, subtests, body, "lone surrogate")
+
+
+@pytest.mark.parametrize("body, field", [('{"name": "a\\u0000"}', {"name": ["must not contain"]}),
+                                         ('{"base": {"k\\u0000": 1}}', {"base": {"k\x00": ["must not contain"]}}),
+                                         ('{"nodes": [{"key": "x"}, {"key": "\\u0000"}]}',
+                                          {"nodes": {"1": {"key": ["must not contain"]}}})],
+                         ids=["value", "key", "in a list"])
+def test_nul_is_422_naming_the_field_on_every_json_endpoint(app, client, world, body, field, subtests):
+    """PostgreSQL's text columns reject NUL (a 500 before): one check refuses it everywhere."""
+    admin = world.headers["platform_admin"]
+    for rule, method in routes(app, {"POST", "PATCH", "PUT"}):
+        path = concrete(rule, str(world.team.id))
+        with subtests.test(route=f"{method} {rule.rule}"):
+            rv = client.open(path, method=method, data=body, content_type="application/json", headers=admin)
+            if rule.rule == f"{API}/auth/login":
+                assert_error(rv, 401, contains="Wrong email or password")
+                continue
+            errors = field_errors(assert_error(rv, 422, contains="NUL character"))
+
+            def messages_match(got, want) -> bool:
+                if isinstance(want, list):
+                    return isinstance(got, list) and want[0] in got[0]
+                return set(got) == set(want) and all(messages_match(got[k], want[k]) for k in want)
+
+            assert messages_match(errors, field), errors
+
+
+def test_a_sign_in_with_nul_is_the_usual_401_and_creates_nothing(client, world, ctx):
+    before = db_state()
+    for body in ({"email": "a\u0000@x.io", "password": "xxxxxxxxx"},
+                 {"email": world.users["member"].email, "password": PASSWORD + "\u0000"}):
+        rv = client.post(f"{API}/auth/login", json=body)
+        assert_error(rv, 401, contains="Wrong email or password")
+    assert db_state() == before
+
+
+def test_nul_in_resource_updates_changes_nothing(client, world, ctx):
+    admin = world.headers["platform_admin"]
+    before = db_state()
+    for path, body in [(f"{API}/experts/{world.expert.id}", {"prompt_template": "x\u0000"}),
+                       (f"{API}/experts/{world.expert.id}", {"base": {"a": ["ok", "\u0000"]}}),
+                       (f"{API}/workflows/{world.workflow.id}", {"description": "\u0000"}),
+                       (f"{API}/teams/{world.team.id}", {"name": "\u0000"}),
+                       (f"{API}/services/{world.services['linked_service'].id}", {"name": "n\u0000"})]:
+        rv = client.patch(path, json=body, headers=admin)
+        assert_error(rv, 422, contains="NUL character")
+    assert db_state() == before
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])

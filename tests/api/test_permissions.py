@@ -103,7 +103,18 @@ class Targets:
 
     @cached_property
     def newcomer(self):
-        return self._make_user()
+        """Not in the team yet, but in another team with the team admin: someone they may add."""
+        from chatsvc.extensions import db
+        from chatsvc.models import Membership
+
+        user = self._make_user()
+        shared = self.world.other_team
+        admin_id = self.world.users["team_admin"].id
+        db.session.add(Membership(team_id=shared.id, user_id=user.id, role="member"))
+        if not any(m.user_id == admin_id for m in shared.memberships):
+            db.session.add(Membership(team_id=shared.id, user_id=admin_id, role="member"))
+        db.session.commit()
+        return user
 
     @cached_property
     def member(self):
@@ -297,3 +308,23 @@ def test_each_request_authenticates_anew(client, world):
     assert client.get(f"{API}/users", headers=world.headers["platform_admin"]).status_code == 200
     assert_error(client.get(f"{API}/users"), 401)
     assert_error(client.get(f"{API}/users", headers=world.headers["member"]), 403)
+
+
+@pytest.mark.parametrize("by", ["user_id", "email"])
+def test_a_team_admin_cannot_learn_who_has_an_account(client, world, make_user, by):
+    """Adding someone outside the admin's teams: one answer whether or not the account exists."""
+    stranger = make_user()  # exists, but shares no team with the team admin
+    missing = {"user_id": 987654, "email": "nobody@example.com"}[by]
+    existing = {"user_id": stranger.id, "email": stranger.email}[by]
+    path = f"{API}/teams/{world.team.id}/members"
+    answers = []
+    for value in (missing, existing):
+        before = db_state()
+        rv = client.post(path, json={by: value}, headers=world.headers["team_admin"])
+        body = assert_error(rv, 422, contains="Unknown user")
+        answers.append(body["errors"]["json"][by][0].replace(str(value), "<value>"))
+        assert db_state() == before
+    assert answers[0] == answers[1], answers
+    # A platform admin adds anyone (and learns nothing new: it may list every user anyway).
+    rv = client.post(path, json={by: existing}, headers=world.headers["platform_admin"])
+    assert rv.status_code == 201, rv.get_json()

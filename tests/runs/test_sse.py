@@ -12,6 +12,7 @@ from chatsvc.runs.sse import (
     encode_event,
     encode_log_event,
     log_event_wire,
+    MAX_SEQ,
     parse_last_event_id,
 )
 
@@ -117,8 +118,14 @@ def test_heartbeat_and_retry_preamble():
 
 
 @pytest.mark.parametrize("value, expected", [
-    (None, 0), ("", 0), ("7", 7), (" 42 ", 42), ("0", 0), ("-3", 0), ("abc", 0),
-    ("1.5", 0), ("1e3", 0), ("+5", 0), ("\u0663", 0), ("9" * 19, 0), ("9" * 5000, 0),
+    (None, 0), ("", 0), (" ", 0), ("7", 7), (" 42 ", 42), ("0", 0), ("9" * 18, int("9" * 18)),
+    ("9" * 19, MAX_SEQ), ("9" * 5000, MAX_SEQ),
 ])
 def test_parse_last_event_id(value, expected):
     assert parse_last_event_id(value) == expected
+
+
+@pytest.mark.parametrize("value", ["-3", "abc", "1.5", "1e3", "+5", "\u0663", "1_0", "0x10", "7 8"])
+def test_a_last_event_id_that_is_not_a_non_negative_integer_is_refused(value):
+    with pytest.raises(ValueError, match="non-negative integer"):
+        parse_last_event_id(value)
