@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 
 import pytest
 
@@ -31,9 +32,30 @@ def need(available: bool, reason: str) -> None:
 
 
 def postgres_url() -> str:
+    """The test PostgreSQL: CHATSVC_TEST_DATABASE_URL, or under pytest-xdist a database of this
+    worker's own beside it (``<name>_gw0`` ...), created on first use: tests drop and create
+    every table, so two workers must never share one."""
     url = os.environ.get("CHATSVC_TEST_DATABASE_URL")
     need(bool(url), "PostgreSQL not configured (set CHATSVC_TEST_DATABASE_URL)")
-    return url  # type: ignore[return-value]
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return _worker_database(url, worker) if worker else url  # type: ignore[arg-type]
+
+
+@cache
+def _worker_database(url: str, worker: str) -> str:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            if connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}) is None:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 def auth_headers(user) -> dict[str, str]:
