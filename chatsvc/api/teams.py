@@ -8,15 +8,15 @@ from sqlalchemy import select
 from chatsvc import accounts
 from chatsvc.errors import NotFound
 from chatsvc.extensions import db
-from chatsvc.models import Membership
+from chatsvc.models import Membership, User
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import (
     readable_team,
+    require_can_add,
     require_platform_admin,
     require_team_admin,
     require_team_member,
     team_or_404,
-    user_to_add,
     visible_teams,
 )
 
@@ -105,7 +105,11 @@ class Members(MethodView):
         team_or_404(team_id)
         caller = get_caller()
         require_team_admin(caller, team_id)
-        user = user_to_add(caller, user_id=body.get("user_id"), email=body.get("email"))
+        if "user_id" in body:
+            user, field = db.session.get(User, body["user_id"]), "user_id"
+        else:
+            user, field = accounts.find_user(body["email"]), "email"
+        user = require_can_add(caller, user, field, body[field])
         membership = Membership(team_id=team_id, user=user, role=body["role"])
         db.session.add(membership)
         db.session.commit()

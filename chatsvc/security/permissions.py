@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Protocol, Se
 from sqlalchemy import Select, bindparam, event, exists, select
 from sqlalchemy.orm import Session
 
-from chatsvc.accounts import find_user
 from chatsvc.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from chatsvc.extensions import db
 from chatsvc.models import (
@@ -89,16 +88,14 @@ def require_team_admin(caller: Caller, team_id: int) -> None:
     raise Forbidden(f"Team admin of team {team_id} required")
 
 
-def user_to_add(caller: Caller, *, user_id: int | None = None, email: str | None = None) -> User:
-    """The user a team admin adds to a team, by id or email.
+def require_can_add(caller: Caller, user: User | None, field: str, value: object) -> User:
+    """The user a team admin adds to a team (found by ``field`` = ``value``, or None).
 
     A platform admin may add anyone. A team admin may add only people they can already
     see: members of a team they belong to. Anyone else gets the same answer whether or
     not an account exists, so the endpoint cannot be used to learn who has an account
     (the sign-in answers unknown emails and wrong passwords alike, for the same reason).
     """
-    field, value = ("user_id", user_id) if email is None else ("email", email)
-    user = db.session.get(User, user_id) if email is None else find_user(email)
     if user is not None and (caller.is_platform_admin or _shares_a_team(caller, user.id)):
         return user
     reach = "" if caller.is_platform_admin else (
