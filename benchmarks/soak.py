@@ -74,7 +74,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-WRAPPER_CONFIG = ROOT / "benchmarks" / "soak_gunicorn_conf.py"
+WRAPPER_CONFIG = Path(__file__).resolve().parent / "soak_gunicorn_conf.py"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CITIES = ["Lisbon", "Porto", "Madrid", "Paris", "Oslo", "Rome", "Vienna", "Prague", "Tallinn", "Riga"]
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
@@ -107,6 +107,14 @@ def proc_status(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def fd_count(pid: int) -> int:
@@ -150,6 +158,9 @@ class Server:
         for item in args.env:
             key, _, value = item.partition("=")
             env[key] = value
+        # The chatsvc to serve: this checkout, or a `git archive` of --git-ref (see main()).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.source), env.get("PYTHONPATH")]))
+        env["SOAK_CHATSVC_ROOT"] = str(args.source)
         if args.diag:
             env.update(SOAK_DIAG_DIR=str(args.diag), SOAK_TRACEMALLOC_FRAMES=str(args.tracemalloc_frames))
         self.env = env
@@ -167,7 +178,7 @@ class Server:
         if self.args.diag:
             # chatsvc serve --demo does this: development env, SQLite in the instance folder.
             command = [sys.executable, "-m", "gunicorn", "-c", str(WRAPPER_CONFIG),
-                       "--pythonpath", str(ROOT), "chatsvc:create_app()"]
+                       "--pythonpath", str(self.args.source), "chatsvc:create_app()"]
         else:
             command = [sys.executable, "-m", "chatsvc.cli", "serve", "--demo", "--port", str(self.port)]
         self.log = open(self.log_path, "wb")
@@ -191,7 +202,9 @@ class Server:
         return self.args.workers if self.args.registry == "redis" else 1
 
     def workers(self) -> list[int]:
-        return children(self.process.pid) if self.process else []
+        """The gunicorn workers: the master's live children. (``chatsvc serve --demo`` seeds the demo
+        with an app whose JSONata evaluators it leaves behind when it exec's gunicorn: zombies.)"""
+        return [pid for pid in children(self.process.pid) if not is_zombie(pid)] if self.process else []
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -604,6 +617,8 @@ def main() -> None:
     parser.add_argument("--diag", type=Path, help="serve with the SIGUSR2 dump wrapper; dumps go here")
     parser.add_argument("--tracemalloc-frames", type=int, default=12)
     parser.add_argument("--compare-after", type=float, help="seconds (default: TTL + 60)")
+    parser.add_argument("--git-ref", help="serve a `git archive` of this commit of the checkout (e.g. HEAD), "
+                        "not the working tree (which someone may be editing)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=None, help="write <out>.json and <out>.csv (default /tmp/soak-<registry>)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server log)")
@@ -618,6 +633,15 @@ def main() -> None:
         args.diag = args.diag.resolve()
 
     workdir = Path(tempfile.mkdtemp(prefix="chatsvc-soak-"))
+    args.source = ROOT
+    if args.git_ref:
+        args.source = workdir / "src"
+        args.source.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.git_ref], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(args.source)], input=archive.stdout, check=True)
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.git_ref],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        print(f"serving chatsvc at {args.git_ref} ({commit}) from {args.source}")
     server = Server(args, workdir)
     print(f"soak: {args.registry} registry, {args.workers} worker(s), TTL {args.ttl:g} s, {args.rate:g} runs/s "
           f"for {args.minutes:g} min + {args.idle_minutes:g} min idle, samples every {args.interval:g} s; "
@@ -661,7 +685,8 @@ def main() -> None:
         meta = {"registry": args.registry, "workers": args.workers, "ttl": args.ttl, "rate": args.rate,
                 "minutes": args.minutes, "idle_minutes": args.idle_minutes, "interval": args.interval,
                 "concurrency": args.concurrency, "redis_prefix": server.prefix if args.registry == "redis" else None,
-                "started": started_wall, "server_log": str(server.log_path)}
+                "started": started_wall, "server_log": str(server.log_path),
+                "source": str(args.source), "git_ref": args.git_ref}
         if sampler is not None:
             write_outputs(out, meta, sampler.samples, counts)
             print(f"wrote {out}.json and {out}.csv")

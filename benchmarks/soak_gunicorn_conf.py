@@ -34,7 +34,8 @@ import time
 import tracemalloc
 from collections import Counter
 
-_CHATSVC_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "chatsvc" / "gunicorn_config.py"
+_ROOT = os.environ.get("SOAK_CHATSVC_ROOT") or pathlib.Path(__file__).resolve().parent.parent
+_CHATSVC_CONFIG = pathlib.Path(_ROOT) / "chatsvc" / "gunicorn_config.py"
 _base = runpy.run_path(str(_CHATSVC_CONFIG))
 globals().update({name: value for name, value in _base.items() if not name.startswith("__")})
 _chatsvc_post_worker_init = _base["post_worker_init"]

@@ -1,4 +1,5 @@
-"""Which concurrency the process runs under: gevent's greenlets or plain threads."""
+"""Which concurrency the process runs under (gevent's greenlets or plain threads), and the
+one way chatsvc starts a background thread of its own (``ProcessThread``)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,15 @@ class ProcessThread:
             self._thread, self._stop, self._pid = thread, stop, os.getpid()
             thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Asks the thread to end and waits up to ``timeout`` for it (never for itself)."""
+    def stop(self, timeout: float = 5.0, wake: Callable[[], None] | None = None) -> None:
+        """Asks the thread to end and waits up to ``timeout`` for it (never for itself);
+        ``wake()`` first ends whatever the thread is blocked in."""
         with self._guard:
             thread, stop, pid = self._thread, self._stop, self._pid
             self._thread = self._stop = self._pid = None
         if stop is not None:
             stop.set()
+        if wake is not None:
+            wake()
         if thread is not None and pid == os.getpid() and thread is not threading.current_thread():
             thread.join(timeout=timeout)

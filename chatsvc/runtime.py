@@ -19,7 +19,8 @@ from chatsvc.metrics import Metrics, instrument
 from chatsvc.runs.backends import create_registry
 from chatsvc.runs.executor import RunExecutor, default_workers
 from chatsvc.runs.logger import RunLogger
-from chatsvc.runs.registry import RunInfo, RunRegistry
+from chatsvc.runs.model import RunInfo
+from chatsvc.runs.registry import RunRegistry
 from chatsvc.runs.tokens import StreamTokens
 from chatsvc.security.permissions import StreamGrants
 from chatsvc.services import jsonata_pool

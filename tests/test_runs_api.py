@@ -15,10 +15,10 @@ from sqlalchemy import delete, event
 from chatsvc.extensions import db
 from chatsvc.models import Membership
 from chatsvc.runtime import EXTENSION_KEY
-from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done, encode_log_event
+from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done
 from chatsvc.security.permissions import StreamGrants
 from tests.helpers.api import assert_error
-from tests.helpers.runs import FakeClock, parse_sse, poll, read_events
+from tests.helpers.runs import FakeClock, encode_log_event, parse_sse, poll, read, read_events
 
 CHAT = "/api/v1/chat"
 RUN_FIELDS = {"run_id", "kind", "target_id", "team_id", "status", "created_at", "started_at",
@@ -299,7 +299,7 @@ def test_stream_of_finished_run_wire_text(client, app, finished_run):
 
     registry = runtime_of(app).registry
     info = registry.get(finished_run["run_id"])
-    events = registry.read(info.run_id, 0, timeout=0).events
+    events = read(registry, info.run_id, 0, timeout=0).events
     assert text == RETRY_PREAMBLE + "".join(map(encode_log_event, events)) + encode_done(info)
 
     blocks = text.split("\n\n")

@@ -14,7 +14,7 @@ import pytest
 
 from chatsvc.runs.executor import RunContext, RunExecutor
 from chatsvc.runs.logger import RunLogger
-from chatsvc.runs.registry import MemoryRunRegistry
+from chatsvc.runs.memory import MemoryRunRegistry
 from chatsvc.services.dag import EdgeSpec, Graph, NodeSpec
 from chatsvc.services.llm import StubProvider
 from chatsvc.services.workflow_runner import WorkflowJob
@@ -596,7 +596,7 @@ def test_a_long_workflow_gives_way_to_the_rest_of_the_process_under_gevent():
         import gevent
         from chatsvc.runs.executor import RunContext, RunExecutor
         from chatsvc.runs.logger import RunLogger
-        from chatsvc.runs.registry import MemoryRunRegistry
+        from chatsvc.runs.memory import MemoryRunRegistry
         from chatsvc.services.dag import EdgeSpec, Graph, NodeSpec
         from chatsvc.services.llm import StubProvider
         from chatsvc.services.workflow_runner import WorkflowJob

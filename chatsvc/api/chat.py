@@ -12,7 +12,7 @@ from marshmallow import Schema
 from chatsvc.errors import Conflict
 from chatsvc.extensions import db
 from chatsvc.runs.executor import RunContext, RunOutcome
-from chatsvc.runs.registry import RunInfo
+from chatsvc.runs.model import RunInfo
 from chatsvc.runs.shape import (
     ExpertRunResultSchema,
     RunAcceptedSchema,

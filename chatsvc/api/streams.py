@@ -10,7 +10,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from chatsvc.errors import BadRequest
-from chatsvc.runs.registry import RegistryUnavailable, RunNotFound, RunRegistry
+from chatsvc.runs.model import RegistryUnavailable, RunNotFound
+from chatsvc.runs.registry import RunRegistry
 from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
 from chatsvc.runtime import current_runtime
 from chatsvc.security.caller import get_caller, has_credentials, stream_token_caller_key

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from chatsvc.config import Config
-from chatsvc.runs.registry import MemoryRunRegistry, RunRegistry
+from chatsvc.runs.memory import MemoryRunRegistry
+from chatsvc.runs.registry import RunRegistry
 
 
 def create_registry(config: Config) -> RunRegistry:
@@ -16,7 +17,7 @@ def create_registry(config: Config) -> RunRegistry:
         max_active_per_owner=config.max_active_runs_per_caller,
     )
     if config.uses_redis:
-        from chatsvc.runs.redis_registry import RedisRunRegistry  # memory deployments skip redis-py
+        from chatsvc.runs.redis import RedisRunRegistry  # memory deployments skip redis-py
 
         return RedisRunRegistry(config.registry_url, prefix=config.redis_prefix,
                                 lease_seconds=config.run_lease_seconds,

@@ -29,7 +29,8 @@ from typing import Any, Callable
 from chatsvc.concurrency import under_gevent
 from chatsvc.errors import ServiceUnavailable, TooManyRequests
 from chatsvc.runs.logger import RunLogger
-from chatsvc.runs.registry import RegistryFull, RunInfo, RunRegistry, TooManyActiveRuns
+from chatsvc.runs.model import RegistryFull, RunInfo, TooManyActiveRuns
+from chatsvc.runs.registry import RunRegistry
 
 log = logging.getLogger("chatsvc.runs")
 

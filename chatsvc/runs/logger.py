@@ -9,7 +9,8 @@ from datetime import date, datetime
 from datetime import time as time_of_day
 from typing import Any, Callable
 
-from chatsvc.runs.registry import TERMINAL_STATUSES, RunRegistry
+from chatsvc.runs.model import check_terminal
+from chatsvc.runs.registry import RunRegistry
 from chatsvc.runs.sse import LONE_SURROGATE, find_lone_surrogate
 
 server_log = logging.getLogger("chatsvc.runs")
@@ -153,8 +154,7 @@ class RunLogger:
     def finish(self, run_id: str, status: str, *, result: Any = None,
                error: dict | None = None, **data: Any) -> bool:
         """Appends `run_finished` {status, **data}, then finishes the run (first call wins)."""
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"{status!r} is not a terminal status")
+        check_terminal(status)
         level = "error" if status == "failed" else "info"
         finished_data = to_jsonable({"status": status, **data})
         self._append(run_id, level, "run_finished", finished_data)

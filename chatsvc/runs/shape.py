@@ -11,12 +11,11 @@ and the wire cannot drift apart.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from marshmallow import Schema, fields, post_dump
 
-if TYPE_CHECKING:
-    from chatsvc.runs.registry import RunInfo
+from chatsvc.runs.model import RunInfo
 
 
 class EpochTimestamp(fields.DateTime):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from chatsvc.runs.model import RunInfo
 from chatsvc.runs.shape import done_body
-
-if TYPE_CHECKING:  # the registry encodes with this module; only types flow back
-    from chatsvc.runs.registry import Event, RunInfo
 
 HEARTBEAT = ": ping\n\n"  # a comment line: keeps proxies from closing an idle stream
 RETRY_PREAMBLE = "retry: 3000\n\n"  # EventSource reconnects after 3 s
@@ -45,33 +43,37 @@ def encode_event(data: str, *, event: str | None = None, id: str | int | None = 
     return "\n".join(lines) + "\n\n"
 
 
-def encode_log_event(ev: Event) -> str:
-    """`id: <seq>`, `event: log`, the event as compact JSON."""
-    return encode_event(_compact_json(ev.to_dict()), event="log", id=ev.seq)
+def event_json(seq: int, ts: float, level: str, message: str, data: dict) -> str:
+    """A log event's JSON: ``{"seq", "ts", "level", "message", "data"}``, compact."""
+    return compact_json({"seq": seq, "ts": ts, "level": level, "message": message, "data": data})
 
 
 def log_wire(seq: int, event_json: str) -> bytes:
-    """The bytes of ``encode_log_event`` for an event already in JSON, without the general
-    encoder's line splitting: JSON escapes every line break, so the JSON is one ``data:`` line."""
+    """``id: <seq>``, ``event: log``, the event's JSON, without the general encoder's line
+    splitting: JSON escapes every line break, so the JSON is one ``data:`` line."""
     return b"id: %d\nevent: log\ndata: %s\n\n" % (seq, event_json.encode())
 
 
 def log_event_wire(seq: int, ts: float, level: str, message: str, data: dict) -> bytes:
-    """The bytes of ``encode_log_event`` for an event given by its fields (once per append)."""
-    return log_wire(seq, _compact_json({"seq": seq, "ts": ts, "level": level, "message": message, "data": data}))
+    """The wire bytes of a log event given by its fields (once per append)."""
+    return log_wire(seq, event_json(seq, ts, level, message, data))
 
 
-def event_json(wire: bytes) -> bytes:
-    """The JSON of a log event from its wire bytes (``encode_log_event``: one ``data:`` line)."""
-    return wire[wire.index(b"\ndata: ") + 7:-2]
+def done_json(run_id: str, status: str, result: Any, error: dict | None) -> str:
+    """The ``done`` event's data: ``{run_id, status, result?, error?}`` (both backends store this)."""
+    return compact_json(done_body(run_id, status, result, error))
+
+
+def done_wire(done_seq: int, data_json: str) -> bytes:
+    """The wire bytes of the ``done`` event, the stream's last (its id is one past the last event)."""
+    return encode_event(data_json, event="done", id=done_seq).encode()
 
 
 def encode_done(run: RunInfo) -> str:
-    """The final `done` event of a finished run: {run_id, status, result?, error?}."""
+    """The ``done`` event of a finished run, as text."""
     if run.done_seq is None:
         raise ValueError(f"run {run.run_id} is not finished")
-    return encode_event(_compact_json(done_body(run.run_id, run.status, run.result, run.error)),
-                        event="done", id=run.done_seq)
+    return done_wire(run.done_seq, done_json(run.run_id, run.status, run.result, run.error)).decode()
 
 
 def find_lone_surrogate(value: Any) -> str | None:
@@ -97,6 +99,6 @@ def _one_line(value: str) -> str:
     return value.replace("\r", "").replace("\n", "")
 
 
-def _compact_json(obj: Any) -> str:
+def compact_json(obj: Any) -> str:
     # default=str: data that bypassed the logger's coercion must not break the stream.
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -42,7 +42,8 @@ from chatsvc.services.nodes import ExpertNode
 from chatsvc.services.workflow_graph import check_graph
 
 if TYPE_CHECKING:
-    from chatsvc.runs.registry import RunInfo, RunRegistry
+    from chatsvc.runs.model import RunInfo
+    from chatsvc.runs.registry import RunRegistry
 
 
 class TeamOwned(Protocol):

@@ -101,3 +101,54 @@ def wait_finished(client, status_url: str, headers: dict, *, timeout: float = 5.
         return rv.get_json()
 
     return poll(fetch, lambda body: body["status"] in FINISHED, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A log event as a subscriber receives it (the ``data:`` of an ``event: log``)."""
+
+    seq: int
+    ts: float
+    level: str
+    message: str
+    data: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "level": self.level, "message": self.message, "data": self.data}
+
+
+@dataclass(frozen=True)
+class StreamRead:
+    """What one read of a run's feed delivered: log events, and the run once ``done`` came."""
+
+    events: list[LogEvent]
+    done: Any = None  # the registry's RunInfo, when the feed delivered `done`
+
+
+def log_events(wire: bytes) -> list[LogEvent]:
+    """The log events in a feed's bytes (ids checked against seqs)."""
+    parsed = [event for event in parse_sse(wire.decode()) if event.event == "log"]
+    assert all(event.id == event.data["seq"] for event in parsed), parsed
+    return [LogEvent(**event.data) for event in parsed]
+
+
+def read(registry, run_id: str, after_seq: int = 0, timeout: float = 0.0) -> StreamRead:
+    """Reads a run the way its SSE stream does (``subscribe`` and the run's feed): the events
+    after ``after_seq``, waiting up to ``timeout`` seconds for some when there are none."""
+    with registry.subscribe(run_id) as feed:
+        found = feed.read(max(0, after_seq), timeout)
+    parsed = parse_sse(found.data.decode())
+    events = log_events(found.data)
+    done = registry.get(run_id) if parsed and parsed[-1].event == "done" else None
+    if done is not None:
+        assert parsed[-1].id == done.done_seq
+    return StreamRead(events, done)
+
+
+def encode_log_event(event: LogEvent) -> str:
+    """The wire text SPEC §6.4 gives a log event, built with the general encoder (the production
+    path writes these bytes directly; the tests compare the two)."""
+    from chatsvc.runs.sse import encode_event
+
+    data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    return encode_event(data, event="log", id=event.seq)

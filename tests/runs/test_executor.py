@@ -11,8 +11,9 @@ import pytest
 from chatsvc.errors import ServiceUnavailable, TooManyRequests
 from chatsvc.runs.executor import RunContext, RunExecutor, RunOutcome
 from chatsvc.runs.logger import RunLogger
-from chatsvc.runs.registry import MemoryRunRegistry, RunInfo
-from tests.helpers.runs import FakeClock
+from chatsvc.runs.memory import MemoryRunRegistry
+from chatsvc.runs.model import RunInfo
+from tests.helpers.runs import FakeClock, read
 
 WAIT = 5.0  # upper bound for anything that should happen "at once"
 
@@ -78,7 +79,7 @@ def finished(ex: RunExecutor, run_id: str) -> RunInfo:
 
 
 def events_of(reg: MemoryRunRegistry, run_id: str) -> list:
-    return reg.read(run_id, 0, timeout=0).events
+    return read(reg, run_id, 0, timeout=0).events
 
 
 def messages(reg: MemoryRunRegistry, run_id: str) -> list[str]:
@@ -345,7 +346,7 @@ def test_run_timeout_fails_the_run_and_stops_the_job(make_executor, clock):
     reg.gc()
     timed_out = reg.get(info.run_id)
     assert timed_out.status == "failed" and timed_out.error["type"] == "RunTimeout"
-    assert [ev.message for ev in reg.read(info.run_id, 0, 0).events] == ["run_started", "run_timeout"]
+    assert [ev.message for ev in read(reg, info.run_id, 0, 0).events] == ["run_started", "run_timeout"]
     # The job is told to stop, and its worker and caller slot are freed.
     assert stopped.wait(WAIT), "the timed-out job kept running"
     final = finished(ex, info.run_id)

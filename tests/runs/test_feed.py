@@ -8,8 +8,10 @@ import time
 import pytest
 
 from chatsvc.runs.feed import RunFeed
-from chatsvc.runs.registry import MemoryRunRegistry, RunNotFound
-from chatsvc.runs.sse import encode_done, encode_log_event
+from chatsvc.runs.memory import MemoryRunRegistry
+from chatsvc.runs.model import RunNotFound
+from chatsvc.runs.sse import encode_done
+from tests.helpers.runs import encode_log_event, read
 
 WAIT = 5.0
 
@@ -122,7 +124,7 @@ def test_memory_registry_publishes_exactly_the_sse_encoding():
     registry.append(run.run_id, "info", "node_start", {"node_key": "a", "text": "two\nlines"})
     registry.append(run.run_id, "warn", "input_conflict", {"keys": ["x"]})
     registry.finish(run.run_id, "succeeded", result={"steps": []})
-    events = registry.read(run.run_id, 0, 0).events
+    events = read(registry, run.run_id, 0, 0).events
     expected = "".join(map(encode_log_event, events)) + encode_done(registry.get(run.run_id))
     with registry.subscribe(run.run_id) as feed:
         assert read_all(feed).decode() == expected

@@ -22,7 +22,7 @@ WAIT = 5.0
 
 @pytest.fixture
 def reg():
-    from chatsvc.runs.redis_registry import RedisRunRegistry
+    from chatsvc.runs.redis import RedisRunRegistry
 
     url, prefix = redis_url(), unique_prefix()
     registry = RedisRunRegistry(url, prefix=prefix)
@@ -138,4 +138,4 @@ def test_a_follower_that_fails_mid_stream_restarts_and_its_streams_lose_and_repe
     events = parse_sse(data.decode())
     assert [e.id for e in events] == list(range(1, 22)) and events[-1].event == "done"
     assert "run follower failed; restarting it" in caplog.text
-    assert follower._thread.is_alive()  # the same supervised thread, still reading
+    assert follower._reader.running  # the same supervised thread, still reading

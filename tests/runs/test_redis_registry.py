@@ -13,19 +13,13 @@ import time
 import pytest
 
 from chatsvc.config import Config, ConfigError
-from chatsvc.runs import follower
 from chatsvc.runs.backends import create_registry
-from chatsvc.runs.redis_registry import RedisRunRegistry
-from chatsvc.runs.registry import (
-    MemoryRunRegistry,
-    RegistryFull,
-    RegistryUnavailable,
-    RunNotFound,
-    TooManyActiveRuns,
-)
-from chatsvc.runs.sse import encode_done, encode_event, encode_log_event
+from chatsvc.runs.memory import MemoryRunRegistry
+from chatsvc.runs.redis import RedisRunRegistry, follower
+from chatsvc.runs.model import RegistryFull, RegistryUnavailable, RunNotFound, TooManyActiveRuns
+from chatsvc.runs.sse import encode_done, encode_event
 from tests.helpers.redis_support import RedisServer, delete_prefix, prefix_keys, redis_url, unique_prefix
-from tests.helpers.runs import FakeClock
+from tests.helpers.runs import FakeClock, encode_log_event, read
 
 WAIT = 5.0
 
@@ -92,7 +86,7 @@ def test_events_limit_holds_across_processes(make):
     seqs = [(a if i % 2 else b).append(run.run_id, "info", f"m{i}") for i in range(6)]
     assert seqs == [1, 2, 3, None, None, None]
     assert a.append(run.run_id, "error", "kept") == 5
-    events = b.read(run.run_id, 0, timeout=0).events
+    events = read(b, run.run_id, 0, timeout=0).events
     assert [e.message for e in events] == ["m0", "m1", "m2", "events_truncated", "kept"]
 
 
@@ -173,7 +167,7 @@ def test_sse_wire_is_byte_identical_to_the_memory_backend(make):
             wire = ("".join(encode_event(data, event="log", id=seq) for seq, data in events)
                     + encode_event(done_json, event="done", id=info.done_seq)).encode()
             # read() decodes the same events: encoding them again gives the same bytes.
-            result = reg.read(run.run_id, 0, timeout=0)
+            result = read(reg, run.run_id, 0, timeout=0)
             assert ("".join(map(encode_log_event, result.events))
                     + encode_done(result.done)).encode() == wire
         wires.append(wire.replace(run.run_id.encode(), b"RUN"))
@@ -264,7 +258,7 @@ def test_dead_process_runs_fail_by_lease_exactly_once(make, url, prefix):
     assert info.status == "failed" and info.cancel_requested
     assert info.error == {"type": "WorkerLost", "message": info.error["message"]}
     assert "lease" in info.error["message"]
-    events = sweepers[2].read(run.run_id, 0, timeout=0).events
+    events = read(sweepers[2], run.run_id, 0, timeout=0).events
     assert [(e.seq, e.level, e.message) for e in events] == [
         (1, "info", "working"), (2, "error", "run_orphaned")]
     assert info.done_seq == 3
@@ -293,7 +287,7 @@ def test_a_live_process_keeps_its_leases(make):
         time.sleep(0.05)
     assert sweeper.get(run.run_id).status == "running"
     assert owner.finish(run.run_id, "succeeded")
-    assert owner._held == set()
+    assert owner.leases.held == frozenset()
 
 
 # --- run timeout and TTL ----------------------------------------------------------------------
@@ -314,7 +308,7 @@ def test_run_timeout_is_enforced_by_any_process(make):
     assert info.status == "failed" and info.error["type"] == "RunTimeout"
     assert "0.3 seconds" in info.error["message"]
     assert executing.is_cancel_requested(run.run_id)  # the job, still running, stops
-    events = executing.read(run.run_id, 0, timeout=0).events
+    events = read(executing, run.run_id, 0, timeout=0).events
     assert [e.message for e in events] == ["a", "events_truncated", "run_timeout"]
     assert events[-1].data == {"timeout_seconds": 0.3}
     assert executing.append(run.run_id, "info", "late") is None
@@ -332,7 +326,7 @@ def test_nothing_of_a_run_is_left_after_its_ttl(make, url, prefix):
     time.sleep(0.6)
     assert reg.get(run.run_id) is None
     with pytest.raises(RunNotFound):
-        reg.read(run.run_id, 0, timeout=0)
+        read(reg, run.run_id, 0, timeout=0)
     assert reg.gc() == 1  # the listing forgets it too
     assert reg.list_runs() == []
     assert prefix_keys(url, prefix) == []
@@ -360,7 +354,7 @@ def test_redis_down_gives_registry_unavailable_within_seconds_then_recovers():
         server.stop()
         for call in (lambda: new_run(reg), lambda: reg.get(run.run_id), reg.list_runs,
                      lambda: reg.append(run.run_id, "info", "x"), reg.gc,
-                     lambda: reg.read(run.run_id, 0, timeout=1), lambda: reg.request_cancel(run.run_id)):
+                     lambda: read(reg, run.run_id, 0, timeout=1), lambda: reg.request_cancel(run.run_id)):
             started = time.monotonic()
             with pytest.raises(RegistryUnavailable) as raised:
                 call()
@@ -393,7 +387,7 @@ def test_config_selects_the_backend(url):
     reg = create_registry(config)
     try:
         assert isinstance(reg, RedisRunRegistry) and reg.ping()
-        assert (reg._prefix, reg._lease, reg._pool.max_connections) == ("p:", 7.0, 2)
+        assert (reg._prefix, reg.leases.seconds, reg._pool.max_connections) == ("p:", 7.0, 2)
     finally:
         reg.close()
     Config(registry_url="rediss://h:6380/1", **base).validate()

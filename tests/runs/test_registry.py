@@ -10,7 +10,6 @@ timeouts and leases, because Redis decides those by its own clock.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import gc
@@ -23,20 +22,14 @@ from datetime import datetime, timezone
 
 import pytest
 
-from chatsvc.runs import registry as registry_module
+from chatsvc import concurrency
 from chatsvc.runs.logger import RunLogger, to_jsonable
-from chatsvc.runs.redis_registry import RedisRunRegistry
-from chatsvc.runs.registry import (
-    TERMINAL_STATUSES,
-    MemoryRunRegistry,
-    ReadResult,
-    RegistryFull,
-    RunInfo,
-    RunNotFound,
-)
+from chatsvc.runs.redis import RedisRunRegistry
+from chatsvc.runs.memory import MemoryRunRegistry
+from chatsvc.runs.model import TERMINAL_STATUSES, RegistryFull, RunInfo, RunNotFound
 from chatsvc.runs.shape import RunSchema, run_fields
 from tests.helpers.redis_support import delete_prefix, redis_url, unique_prefix
-from tests.helpers.runs import FakeClock
+from tests.helpers.runs import FakeClock, StreamRead, log_events, read
 
 WAIT = 5.0  # generous upper bound for anything that should happen "at once"
 
@@ -102,16 +95,16 @@ def new_run(reg: MemoryRunRegistry, **overrides) -> RunInfo:
 
 def read_until_done(reg: MemoryRunRegistry, run_id: str,
                     after_seq: int = 0) -> tuple[list, RunInfo]:
-    """Reads like an SSE subscriber: returns every event and the final `done` snapshot."""
+    """Reads like an SSE subscriber (one subscription, its feed): every event and the final snapshot."""
     seen = []
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        result = reg.read(run_id, after_seq, timeout=WAIT)
-        seen.extend(result.events)
-        if result.events:
-            after_seq = result.events[-1].seq
-        if result.done is not None:
-            return seen, result.done
+    with reg.subscribe(run_id) as feed:
+        while time.monotonic() < deadline:
+            found = feed.read(after_seq, WAIT)
+            seen.extend(log_events(found.data))
+            after_seq = found.last_seq
+            if found.finished:
+                return seen, reg.get(run_id)
     raise AssertionError("reader never got done")
 
 
@@ -124,12 +117,10 @@ def wait_for_waiters(reg, run_id: str, count: int) -> None:
 
 
 def _waiters(reg, run_id: str) -> int:
-    if isinstance(reg, RedisRunRegistry):
-        # Clients of this registry blocked in XREAD (named after the test's unique prefix).
-        clients = reg._redis.client_list()
-        return sum(1 for c in clients if c["name"] == f"{reg._prefix}registry"
-                   and "b" in c["flags"] and c["cmd"] == "xread")
-    return len(reg._runs[run_id].feed.signal()._cond._waiters)  # CPython's threading.Event internals
+    """Readers parked on the run's feed in this process (CPython's threading.Event internals)."""
+    followed = reg._follower._runs if isinstance(reg, RedisRunRegistry) else reg._runs
+    run = followed.get(run_id)
+    return 0 if run is None else len(run.feed.signal()._cond._waiters)
 
 
 # --- create / get / list / lifecycle ---------------------------------------------
@@ -231,22 +222,8 @@ def test_snapshots_and_events_cannot_change_registry_state(registry):
     registry.append(run.run_id, "info", "x", payload)
     payload["nested"]["items"].append(3)  # the producer's later changes do not leak in
 
-    event = registry.read(run.run_id, 0, timeout=0).events[0]
-    assert event.data == {"nested": {"items": [1, 2]}}
-    with pytest.raises(TypeError):
-        event.data["new"] = 1
-    with pytest.raises(TypeError):
-        event.data["nested"]["items"].append(4)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        event.seq = 9
-
-    events = registry.read(run.run_id, 0, timeout=0).events
-    events.clear()  # the returned list is the caller's own
-    assert registry.read(run.run_id, 0, timeout=0).events[0].data == {"nested": {"items": [1, 2]}}
-
-    thawed = copy.deepcopy(event.data)  # a mutable copy on request
-    thawed["nested"]["items"].append(5)
-    assert type(thawed) is dict and type(thawed["nested"]["items"]) is list
+    # Subscribers get the event as bytes, encoded once at append: nothing to change.
+    assert read(registry, run.run_id, 0, timeout=0).events[0].data == {"nested": {"items": [1, 2]}}
 
     info = registry.get(run.run_id)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -271,28 +248,28 @@ def test_read_returns_backlog_after_seq(registry):
     seqs = [registry.append(run.run_id, "info", f"m{i}", {"i": i}) for i in range(5)]
     assert seqs == [1, 2, 3, 4, 5]
 
-    result = registry.read(run.run_id, 2, timeout=WAIT)  # must not wait: events exist
+    result = read(registry, run.run_id, 2, timeout=WAIT)  # must not wait: events exist
     assert [e.seq for e in result.events] == [3, 4, 5]
     assert [e.message for e in result.events] == ["m2", "m3", "m4"]
     assert result.events[0].to_dict() == {
         "seq": 3, "ts": 1_000_000.0, "level": "info", "message": "m2", "data": {"i": 2},
     }
     assert result.done is None
-    assert registry.read(run.run_id, -5, timeout=0).events[0].seq == 1  # negative = from start
+    assert read(registry, run.run_id, -5, timeout=0).events[0].seq == 1  # negative = from start
 
 
 def test_read_times_out_empty(registry):
     run = new_run(registry)
     started = time.monotonic()
-    result = registry.read(run.run_id, 0, timeout=0.05)
+    result = read(registry, run.run_id, 0, timeout=0.05)
     elapsed = time.monotonic() - started
-    assert result == ReadResult(events=[], done=None)
+    assert result == StreamRead(events=[], done=None)
     assert 0.04 <= elapsed < 2
 
 
 def test_read_unknown_run_raises(registry):
     with pytest.raises(RunNotFound):
-        registry.read("nope", 0, timeout=0)
+        read(registry, "nope", 0, timeout=0)
 
 
 def test_read_of_finished_run_returns_done_at_once(registry):
@@ -300,19 +277,19 @@ def test_read_of_finished_run_returns_done_at_once(registry):
     registry.append(run.run_id, "info", "a")
     registry.finish(run.run_id, "succeeded")
 
-    result = registry.read(run.run_id, 0, timeout=WAIT)
+    result = read(registry, run.run_id, 0, timeout=WAIT)
     assert [e.seq for e in result.events] == [1]
     assert result.done.status == "succeeded" and result.done.done_seq == 2
 
     # Already past the last event (e.g. a reconnect): only `done`.
-    result = registry.read(run.run_id, 2, timeout=WAIT)
+    result = read(registry, run.run_id, 2, timeout=WAIT)
     assert result.events == [] and result.done.done_seq == 2
 
 
 def blocked_reader(registry, run_id: str) -> tuple[threading.Thread, dict]:
     """A thread blocked in ``read(run_id, 0)``; its ReadResult lands in ``outcome["r"]``."""
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(r=registry.read(run_id, 0, timeout=10)))
+    thread = threading.Thread(target=lambda: outcome.update(r=read(registry, run_id, 0, timeout=10)))
     thread.start()
     wait_for_waiters(registry, run_id, 1)
     return thread, outcome
@@ -323,7 +300,7 @@ def test_blocked_reader_wakes_on_append_within_milliseconds(registry):
     outcome = {}
 
     def reader():
-        result = registry.read(run.run_id, 0, timeout=10)
+        result = read(registry, run.run_id, 0, timeout=10)
         outcome["woke_at"] = time.monotonic()
         outcome["result"] = result
 
@@ -351,9 +328,7 @@ def test_blocked_reader_wakes_on_finish(registry):
 def test_concurrent_producers_and_readers_see_every_event_once_in_order(make_registry):
     producers, per_producer, readers = 8, 500, 20
     total = producers * per_producer
-    # read() on Redis holds a pooled connection while it blocks (SSE streams use the
-    # per-process follower instead): give 20 blocking readers + 8 producers enough.
-    registry = make_registry(redis_options={"pool_size": 32})
+    registry = make_registry()
     run = new_run(registry)
     start = threading.Barrier(producers + readers)
     results: dict[int, list] = {}
@@ -460,7 +435,7 @@ def test_gc_deletes_runs_ttl_after_they_finish(clock):
     assert registry.gc() == 1
     assert registry.get(old.run_id) is None
     with pytest.raises(RunNotFound):
-        registry.read(old.run_id, 0, timeout=0)
+        read(registry, old.run_id, 0, timeout=0)
     assert {r.run_id for r in registry.list_runs()} == {recent.run_id, live.run_id}
 
     clock.now += 10
@@ -535,7 +510,7 @@ def test_gc_thread_runs_and_survives_exceptions(registry, monkeypatch, caplog):
     assert any("gc failed" in r.getMessage() and r.exc_info for r in caplog.records)
 
     registry.close()
-    assert registry._gc_thread is None
+    assert not registry._gc.running
 
 
 def test_gc_thread_deletes_expired_runs(memory_registry, clock):  # time travel
@@ -552,14 +527,14 @@ def test_gc_thread_deletes_expired_runs(memory_registry, clock):  # time travel
 
 def test_start_gc_is_idempotent_per_process(registry, monkeypatch):
     registry.start_gc(interval=60)
-    thread = registry._gc_thread
+    thread = registry._gc._thread
     registry.start_gc(interval=60)
-    assert registry._gc_thread is thread and thread.is_alive()
+    assert registry._gc._thread is thread and thread.is_alive()
 
     # A forked gunicorn worker has a new pid and none of the parent's threads.
-    monkeypatch.setattr(registry_module.os, "getpid", lambda: -1)
+    monkeypatch.setattr(concurrency.os, "getpid", lambda: -1)
     registry.start_gc(interval=60)
-    assert registry._gc_thread is not thread
+    assert registry._gc._thread is not thread
     monkeypatch.undo()
     registry.close()
 
@@ -576,7 +551,7 @@ def test_logger_levels(registry, logger):
     run = new_run(registry)
     assert logger.log_info(run.run_id, "node_start", node_key="a", index=1) == 1
     assert logger.log_warn(run.run_id, "input_conflict", keys=["x"]) == 2
-    events = registry.read(run.run_id, 0, timeout=0).events
+    events = read(registry, run.run_id, 0, timeout=0).events
     assert [(e.level, e.message, e.data) for e in events] == [
         ("info", "node_start", {"node_key": "a", "index": 1}),
         ("warn", "input_conflict", {"keys": ["x"]}),
@@ -592,7 +567,7 @@ def test_log_error_keeps_traceback_out_of_the_event(registry, logger, caplog):
     with caplog.at_level(logging.ERROR, logger="chatsvc.runs"):
         seq = logger.log_error(run.run_id, "node_error", error, node_key="b")
 
-    event = registry.read(run.run_id, 0, timeout=0).events[0]
+    event = read(registry, run.run_id, 0, timeout=0).events[0]
     assert (event.seq, event.level) == (seq, "error")
     assert event.data == {"node_key": "b",
                           "exception": {"type": "ValueError", "message": "bad input"}}
@@ -604,7 +579,7 @@ def test_log_error_keeps_traceback_out_of_the_event(registry, logger, caplog):
 def test_log_error_without_exception(registry, logger):
     run = new_run(registry)
     logger.log_error(run.run_id, "something_failed", reason="x")
-    assert registry.read(run.run_id, 0, timeout=0).events[0].data == {"reason": "x"}
+    assert read(registry, run.run_id, 0, timeout=0).events[0].data == {"reason": "x"}
 
 
 def test_logger_finish_appends_run_finished_then_done(registry, logger):
@@ -621,7 +596,7 @@ def test_logger_finish_appends_run_finished_then_done(registry, logger):
 def test_logger_finish_failed_is_error_level(registry, logger):
     run = new_run(registry)
     logger.finish(run.run_id, "failed", error={"type": "X", "message": "y"})
-    event = registry.read(run.run_id, 0, timeout=0).events[0]
+    event = read(registry, run.run_id, 0, timeout=0).events[0]
     assert (event.level, event.data) == ("error", {"status": "failed"})
     with pytest.raises(ValueError):
         logger.finish(run.run_id, "done")
@@ -637,7 +612,7 @@ def test_logger_coerces_data_to_json(registry, logger):
 
     logger.log_info(run.run_id, "mixed", when=when, tags={"b", "a"}, pair=(1, 2),
                     exc=KeyError("k"), thing=Thing(), raw=b"\xffok")
-    data = registry.read(run.run_id, 0, timeout=0).events[0].data
+    data = read(registry, run.run_id, 0, timeout=0).events[0].data
     assert data == {
         "when": "2025-01-02T03:04:05+00:00",
         "tags": ["a", "b"],
@@ -693,5 +668,5 @@ def test_held_events_give_the_garbage_collector_nothing_to_walk(memory_registry)
         memory_registry.append(run.run_id, "info", "node_output", payload)
     gc.collect()
     assert len(gc.get_objects()) - before < 20  # not ~3 per event
-    event = memory_registry.read(run.run_id, 1000, timeout=0).events[0]
+    event = read(memory_registry, run.run_id, 1000, timeout=0).events[0]
     assert (event.seq, event.message, event.data) == (1001, "node_output", payload)

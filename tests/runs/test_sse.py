@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from chatsvc.runs.registry import Event, MemoryRunRegistry, RunInfo
+from chatsvc.runs.memory import MemoryRunRegistry
+from chatsvc.runs.model import RunInfo
 from chatsvc.runs.sse import (
     HEARTBEAT,
+    MAX_SEQ,
     RETRY_PREAMBLE,
     encode_done,
     encode_event,
-    encode_log_event,
     log_event_wire,
-    MAX_SEQ,
     parse_last_event_id,
 )
+from tests.helpers.runs import LogEvent as Event
+from tests.helpers.runs import encode_log_event, read
 
 
 def make_run_info(**overrides) -> RunInfo:
@@ -57,7 +59,7 @@ def test_log_event_from_registry_round_trip():
     registry = MemoryRunRegistry(clock=lambda: 10.0)
     run = registry.create(kind="expert", target_id=5, team_id=1, owner="service:7")
     registry.append(run.run_id, "info", "run_started", {"expert_id": 5})
-    [event] = registry.read(run.run_id, 0, timeout=0).events
+    [event] = read(registry, run.run_id, 0, timeout=0).events
     assert encode_log_event(event) == (
         'id: 1\nevent: log\ndata: {"seq":1,"ts":10.0,"level":"info","message":"run_started",'
         '"data":{"expert_id":5}}\n\n'

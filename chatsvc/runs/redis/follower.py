@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 import redis
 
+from chatsvc.concurrency import ProcessThread
 from chatsvc.runs.feed import RunFeed
-from chatsvc.runs.registry import RunNotFound
-from chatsvc.runs.sse import encode_event, log_wire
-
-if TYPE_CHECKING:
-    from chatsvc.runs.redis_registry import RedisRunRegistry
+from chatsvc.runs.model import RunNotFound
+from chatsvc.runs.sse import done_wire, log_wire
 
 log = logging.getLogger("chatsvc.runs")
 
@@ -53,6 +50,27 @@ LOAD_WAIT_SECONDS = 10.0  # how long a subscriber waits for another's backlog lo
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
+class FollowedStore(Protocol):
+    """What the follower needs of the Redis store (``RedisRunRegistry`` provides it)."""
+
+    def stream_key(self, run_id: str) -> str:
+        """The key of a run's event stream."""
+
+    def run_id_of_stream(self, stream_key: str) -> str: ...
+
+    def follower_wake_key(self, token: str) -> str:
+        """The key of a follower's own wake stream."""
+
+    def wake_follower(self, key: str, ttl_seconds: int) -> None:
+        """Adds an entry to a wake stream (raises RegistryUnavailable when Redis is down)."""
+
+    def backlog(self, run_id: str) -> tuple[list[tuple[int, str]], str | None]:
+        """A run's events as ``(seq, event_json)`` and its ``done`` JSON if it ended (RunNotFound)."""
+
+    def dedicated_client(self, *, read_timeout: float) -> redis.Redis:
+        """A client with a connection of its own, for ``XREAD BLOCK``."""
+
+
 @dataclass(eq=False)
 class _Followed:
     feed: RunFeed = field(default_factory=RunFeed)
@@ -63,16 +81,14 @@ class _Followed:
 class RedisFollower:
     """Follows the streams of the runs with local subscribers and publishes into their feeds."""
 
-    def __init__(self, registry: RedisRunRegistry) -> None:
-        self._registry = registry
+    def __init__(self, store: FollowedStore) -> None:
+        self._store = store
         self._lock = threading.Lock()
         self._runs: dict[str, _Followed] = {}
         self._changed = threading.Event()  # set when a run is added; wakes an idle reader
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self._stop = threading.Event()
+        self._reader = ProcessThread("chatsvc-run-follower", self._supervise)
         self._client: redis.Redis | None = None
-        self._wake_key = registry.follower_wake_key(uuid.uuid4().hex)
+        self._wake_key = store.follower_wake_key(uuid.uuid4().hex)
         self._wake_seen = "0-0"  # last wake entry the reader saw
         self._wake_pending = False  # a wake entry was added and the reader has not yet re-read the runs
 
@@ -90,11 +106,7 @@ class RedisFollower:
 
     def close(self) -> None:
         """Stops the reader (tests and app teardown); open feeds are aborted."""
-        self._stop.set()
-        self._interrupt()
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self._reader.stop(wake=self._interrupt)
         self._abort_all()
 
     @property
@@ -118,7 +130,7 @@ class RedisFollower:
                 raise entry.error or RunNotFound(run_id)
             return entry
         try:
-            events, done = self._registry.backlog(run_id)
+            events, done = self._store.backlog(run_id)
         except BaseException as exc:
             entry.error = exc
             with self._lock:
@@ -130,25 +142,13 @@ class RedisFollower:
         for seq, event_json in events:
             entry.feed.publish(seq, log_wire(seq, event_json))
         if done is not None:
-            entry.feed.close(encode_event(done, event="done", id=entry.feed.last_seq + 1).encode())
+            entry.feed.close(done_wire(entry.feed.last_seq + 1, done))
         entry.loaded.set()
         if done is None:
-            self._ensure_reader()
+            self._reader.ensure_started()
             self._changed.set()
             self._interrupt()  # after `loaded` is set: see _interrupt
         return entry
-
-    def _ensure_reader(self) -> None:
-        with self._lock:
-            pid = os.getpid()
-            if self._thread is not None and self._pid == pid and self._thread.is_alive():
-                return
-            # A forked worker inherits the attributes, not the thread or the connection.
-            self._client = None
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._supervise, name="chatsvc-run-follower", daemon=True)
-            self._pid = pid
-            self._thread.start()
 
     def _interrupt(self) -> None:
         """Ends the reader's current XREAD BLOCK so it re-reads the set of followed runs.
@@ -161,7 +161,7 @@ class RedisFollower:
             return
         self._wake_pending = True
         try:
-            self._registry.wake_follower(self._wake_key, WAKE_TTL_SECONDS)
+            self._store.wake_follower(self._wake_key, WAKE_TTL_SECONDS)
         except _UNAVAILABLE:
             pass  # the reader meets the same outage and aborts the feeds
 
@@ -169,12 +169,12 @@ class RedisFollower:
         """``XREAD`` arguments: each loaded, unfinished run's stream after its last seq."""
         with self._lock:
             return {
-                self._registry.stream_key(run_id): f"0-{entry.feed.last_seq}"
+                self._store.stream_key(run_id): f"0-{entry.feed.last_seq}"
                 for run_id, entry in self._runs.items()
                 if entry.loaded.is_set() and entry.error is None and not entry.feed.finished
             }
 
-    def _supervise(self) -> None:
+    def _supervise(self, stop: threading.Event) -> None:
         """The reader thread: ``_read_loop``, restarted at once whatever ends it.
 
         Its feeds keep their events, so the new loop reads on from each feed's last seq:
@@ -182,11 +182,12 @@ class RedisFollower:
         ``RETRY_SECONDS`` (a fault that does not pass) aborts the feeds instead, so that
         their streams end and ``EventSource`` resumes from a fresh backlog.
         """
+        self._client = None  # a forked worker inherits the attribute, not the connection
         failed_at = -math.inf
-        while not self._stop.is_set():
+        while not stop.is_set():
             held: dict[RunFeed, float] = {}
             try:
-                self._read_loop(held)
+                self._read_loop(stop, held)
             except Exception:
                 now = time.monotonic()
                 again = now - failed_at < RETRY_SECONDS
@@ -194,14 +195,13 @@ class RedisFollower:
                 log.exception("run follower failed; %s", "closing this process's streams" if again
                               else "restarting it (open streams go on where they were)")
                 if again:
-                    self._fail(held)
+                    self._fail(stop, held)
                 else:
                     _show_due(held, math.inf)
 
-    def _read_loop(self, held: dict[RunFeed, float]) -> None:
+    def _read_loop(self, stop: threading.Event, held: dict[RunFeed, float]) -> None:
         """Reads the followed runs' streams until stopped; ``held``: feed -> when its subscribers
         see the events it holds."""
-        stop = self._stop
         while not stop.is_set():
             self._changed.clear()
             self._wake_pending = False
@@ -219,7 +219,7 @@ class RedisFollower:
                 reply = self._read(streams, block_ms)
             except _UNAVAILABLE as exc:  # anything else: _supervise restarts the loop
                 log.warning("run follower: Redis unavailable (%s); closing this process's streams", exc)
-                self._fail(held)
+                self._fail(stop, held)
                 continue
             due = time.monotonic() + GATHER_MS / 1000
             for stream, entries in reply or ():
@@ -229,16 +229,16 @@ class RedisFollower:
                     held.setdefault(feed, due)
             _show_due(held, time.monotonic())
 
-    def _fail(self, held: dict[RunFeed, float]) -> None:
+    def _fail(self, stop: threading.Event, held: dict[RunFeed, float]) -> None:
         """After a failed read: abort every feed (held events go out first), wait, connect again."""
         held.clear()
         self._drop_connection()
         self._abort_all()
-        self._stop.wait(RETRY_SECONDS)
+        stop.wait(RETRY_SECONDS)
 
     def _read(self, streams: dict[str, str], block_ms: int | None) -> list:
         if self._client is None:
-            self._client = self._registry.dedicated_client(read_timeout=BLOCK_MS / 1000 + 5)
+            self._client = self._store.dedicated_client(read_timeout=BLOCK_MS / 1000 + 5)
         return self._client.xread(streams, block=block_ms)
 
     def _publish(self, stream: str, entries: list) -> RunFeed | None:
@@ -250,7 +250,7 @@ class RedisFollower:
         a loaded feed takes entries, and only the one right after its last seq: anything
         beyond a gap is read again by the next ``XREAD``, which starts at the feed's end.
         """
-        entry = self._runs.get(self._registry.run_id_of_stream(stream))
+        entry = self._runs.get(self._store.run_id_of_stream(stream))
         if entry is None or not entry.loaded.is_set() or entry.error is not None:
             return None  # no subscriber left, or a new one still loading the backlog
         feed = entry.feed
@@ -265,7 +265,7 @@ class RedisFollower:
                 feed.publish(seq, log_wire(seq, fields["e"]), wake=False)
                 published = True
             elif "d" in fields:
-                feed.close(encode_event(fields["d"], event="done", id=seq).encode())
+                feed.close(done_wire(seq, fields["d"]))
         return feed if published else None
 
     def _drop_connection(self) -> None:

@@ -17,8 +17,8 @@ Keys (``P`` = ``CHATSVC_REDIS_PREFIX``; every key of one run shares the hash tag
   (HASH owner → live runs), ``finished`` (ZSET run → when its keys expire, for
   pruning ``runs``).
 
-Every change that checks something and then writes is one Lua script, so it is
-atomic across processes. A finished run's two keys ``PEXPIRE`` after
+Every change that checks something and then writes is one Lua script (``scripts``), so
+it is atomic across processes. A finished run's two keys ``PEXPIRE`` after
 ``CHATSVC_RUN_TTL_SECONDS``; the global indexes are pruned by ``gc``. Lease and
 timeout decisions use Redis's own clock (``TIME``), so hosts' clocks do not
 matter; the timestamps users see come from the writing process's clock, like
@@ -30,8 +30,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import threading
 import time
 import uuid
 from typing import Any, Callable, ContextManager, TypeVar
@@ -41,22 +39,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chatsvc.runs.feed import RunFeed
-from chatsvc.runs.follower import RedisFollower
-from chatsvc.runs.registry import (
-    LEVELS,
-    TERMINAL_STATUSES,
-    Event,
-    ReadResult,
-    RegistryFull,
-    RegistryUnavailable,
-    RunInfo,
-    RunNotFound,
-    RunRegistry,
-    TooManyActiveRuns,
-    _freeze,
-)
-from chatsvc.runs.shape import done_body
-from chatsvc.runs.sse import _compact_json
+from chatsvc.runs.model import RegistryUnavailable, RunInfo, RunNotFound, freeze
+from chatsvc.runs.redis import scripts
+from chatsvc.runs.redis.follower import RedisFollower
+from chatsvc.runs.redis.leases import Leases
+from chatsvc.runs.registry import RunRegistry
+from chatsvc.runs.sse import compact_json, done_json
 
 log = logging.getLogger("chatsvc.runs")
 
@@ -65,173 +53,7 @@ log = logging.getLogger("chatsvc.runs")
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                 redis.exceptions.ReadOnlyError)
 CANCEL_CACHE_SECONDS = 0.2  # how long a "not cancelled" answer is reused
-READ_BLOCK_MS = 1000  # longest XREAD BLOCK in read(): it holds a pooled connection
 SWEEP_BATCH = 200  # runs ended per gc pass and kind (leases, timeouts)
-
-# --- Lua ------------------------------------------------------------------------
-# Shared functions, prepended to each per-run script: one definition of "store
-# an event", "apply the events limit" and "finish", used by append, finish,
-# lease expiry and run timeout alike.
-_PRELUDE = r"""
-local TERMINAL = {succeeded = true, failed = true, cancelled = true}
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function is_live(run)
-  local status = redis.call('HGET', run, 'status')
-  return status and not TERMINAL[status]
-end
--- Stores the next event; `tail` is its JSON after the seq: "ts":...,"data":...}
-local function store(run, stream, tail)
-  local n = redis.call('HINCRBY', run, 'n', 1)
-  redis.call('XADD', stream, '0-' .. n, 'e', '{"seq":' .. n .. ',' .. tail)
-  if n == 1 then  -- the stream is new: it expires with the run hash
-    local ttl = redis.call('PTTL', run)
-    if ttl > 0 then redis.call('PEXPIRE', stream, ttl) end
-  end
-  return n
-end
--- The events limit: errors always pass; the first refused event adds one
--- `events_truncated` warning. Returns the seq, or 0 when dropped.
-local function append(run, stream, level, tail, max_events, truncated_tail)
-  local n = tonumber(redis.call('HGET', run, 'n'))
-  if level ~= 'error' and n >= tonumber(max_events) then
-    if redis.call('HSETNX', run, 'truncated', '1') == 1 then
-      store(run, stream, truncated_tail)
-    end
-    return 0
-  end
-  return store(run, stream, tail)
-end
--- Ends a live run: state, the `done` stream entry, and both keys' TTL.
-local function finish(run, stream, status, finished_at, result, err, done_json, ttl_ms)
-  local done_seq = tonumber(redis.call('HGET', run, 'n')) + 1
-  redis.call('HSET', run, 'status', status, 'finished_at', finished_at, 'done_seq', done_seq)
-  if result ~= '' then redis.call('HSET', run, 'result', result) end
-  if err ~= '' then redis.call('HSET', run, 'error', err) end
-  redis.call('XADD', stream, '0-' .. done_seq, 'd', done_json)
-  redis.call('PEXPIRE', run, ttl_ms)
-  redis.call('PEXPIRE', stream, ttl_ms)
-  return done_seq
-end
-"""
-
-# KEYS run; ARGV kind, target_id, team_id, owner, created_at, timeout_ms, lease_ms, safety_ms
-# -> {now_ms, order}: the run's deadline and lease start now (server time).
-_CREATE = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'target_id', ARGV[2], 'team_id', ARGV[3],
-  'owner', ARGV[4], 'status', 'queued', 'created_at', ARGV[5], 'n', 0,
-  'deadline', now + tonumber(ARGV[6]), 'lease', now + tonumber(ARGV[7]))
--- A safety net: even if no process ever finishes the run, its keys go away.
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-return {now, t[1] .. string.format('%06d', tonumber(t[2]))}
-"""
-
-# KEYS runs, live, leases, owners, owner_counts
-# ARGV run_id, owner, max_live, max_per_owner (-1: none), deadline_ms, lease_until_ms, order
-# -> 1 admitted, -1 registry full, -2 owner's limit
-_ADMIT = r"""
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return -1 end
-local owned = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
-if tonumber(ARGV[4]) >= 0 and owned >= tonumber(ARGV[4]) then return -2 end
-redis.call('ZADD', KEYS[1], ARGV[7], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
-return 1
-"""
-
-# KEYS live, leases, owners, owner_counts, finished, runs; ARGV run_id, ttl_ms
-# The run no longer counts anywhere; idempotent (a second call changes nothing).
-_RELEASE = r"""
-local owner = redis.call('HGET', KEYS[3], ARGV[1])
-if owner then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  if redis.call('HINCRBY', KEYS[4], owner, -1) <= 0 then redis.call('HDEL', KEYS[4], owner) end
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('ZSCORE', KEYS[6], ARGV[1]) then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[5], tonumber(t[1]) * 1000 + tonumber(ARGV[2]), ARGV[1])
-end
-return 1
-"""
-
-# KEYS run, stream; ARGV level, tail, max_events, truncated_tail -> seq, 0 dropped, -1 refused
-_APPEND = _PRELUDE + r"""
-if not is_live(KEYS[1]) then return -1 end
-return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-"""
-
-# KEYS run, stream; ARGV status, finished_at, result, error, done_json, ttl_ms -> done_seq or 0
-_FINISH = _PRELUDE + r"""
-if not is_live(KEYS[1]) then return 0 end
-return finish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-"""
-
-# KEYS run; ARGV started_at, lease_ms -> 1 if queued → running
-_MARK_RUNNING = _PRELUDE + r"""
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1],
-  'lease', now_ms() + tonumber(ARGV[2]))
-return 1
-"""
-
-# KEYS run -> 1 if the live run's cancel flag is now set
-_CANCEL = _PRELUDE + r"""
-if not is_live(KEYS[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'cancel', '1')
-return 1
-"""
-
-# KEYS run; ARGV lease_ms -> the new lease expiry, or 0 when the run is over
-_RENEW = _PRELUDE + r"""
-if not is_live(KEYS[1]) then return 0 end
-local lease = now_ms() + tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], 'lease', lease)
-return lease
-"""
-
-# KEYS run, stream; ARGV field ('lease' | 'deadline'), event_tail, finished_at, error, done_json, ttl_ms
-# -> 1 ended now, 0 already over (or unknown), -1 not expired (e.g. renewed meanwhile)
-# Whichever process sweeps first ends the run; the others find it finished.
-_EXPIRE = _PRELUDE + r"""
-if not is_live(KEYS[1]) then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], ARGV[1])) >= now_ms() then return -1 end
-store(KEYS[1], KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[1], 'cancel', '1')  -- if the job still runs somewhere, it stops
-finish(KEYS[1], KEYS[2], 'failed', ARGV[3], '', ARGV[4], ARGV[5], ARGV[6])
-return 1
-"""
-
-# KEYS leases, live; ARGV limit -> {expired leases, overdue runs}
-_SWEEP = _PRELUDE + r"""
-local now = now_ms()
-return {redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, ARGV[1]),
-        redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, ARGV[1])}
-"""
-
-# KEYS leases; ARGV lease_ms, run ids... : the index follows the renewed leases
-_RENEW_INDEX = _PRELUDE + r"""
-local lease = now_ms() + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', lease, ARGV[i]) end
-return #ARGV - 1
-"""
-
-# KEYS runs, finished; ARGV limit -> how many expired runs left the listing
-_PRUNE = _PRELUDE + r"""
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms(), 'LIMIT', 0, ARGV[1])
-if #ids > 0 then
-  redis.call('ZREM', KEYS[1], unpack(ids))
-  redis.call('ZREM', KEYS[2], unpack(ids))
-end
-return #ids
-"""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -249,18 +71,12 @@ def _guarded(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _json(value: Any) -> str:
-    return _compact_json(value)
+_json = compact_json
 
 
 def _event_tail(ts: float, level: str, message: str, data: dict) -> str:
     """An event's JSON without its opening ``{"seq":N,`` (Lua prepends it)."""
     return _json({"ts": ts, "level": level, "message": message, "data": data})[1:]
-
-
-def _done_json(run_id: str, status: str, result: Any, error: dict | None) -> str:
-    """The ``done`` event's data, exactly as ``sse.encode_done`` writes it."""
-    return _json(done_body(run_id, status, result, error))
 
 
 def _float(value: str | None) -> float | None:
@@ -277,31 +93,20 @@ class RedisRunRegistry(RunRegistry):
         url: str,
         *,
         prefix: str = "chatsvc:",
-        ttl_seconds: float = 900,
-        run_timeout_seconds: float = 600,
-        max_events_per_run: int = 10_000,
-        max_live_runs: int = 1_000,
-        max_active_per_owner: int | None = None,
         lease_seconds: float = 15,
         pool_size: int = 3,
         connect_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        **limits: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(clock=clock, **limits)
         self._url = url
         self._connect_timeout = connect_timeout
         self._prefix = prefix
-        self._ttl_ms = max(1, int(ttl_seconds * 1000))
-        self._run_timeout = run_timeout_seconds
-        self._max_events = max_events_per_run
-        self._max_live = max_live_runs
-        self._max_per_owner = max_active_per_owner
+        self._ttl_ms = max(1, int(self.limits.ttl_seconds * 1000))
         # The `events_truncated` event after its ts (the same for every event of every run).
         self._truncated_rest = _event_tail(0, "warn", "events_truncated",
-                                           {"limit": max_events_per_run})[len('"ts":0'):]
-        self._lease = lease_seconds
-        self._lease_ms = max(1, int(lease_seconds * 1000))
-        self._clock = clock
+                                           self.limits.truncated_event())[len('"ts":0'):]
         # A small fixed pool: a worker never opens more command connections than
         # this, however many greenlets call in (they wait up to `timeout` for one).
         # One retry without backoff: a connection broken by a Redis restart is
@@ -311,7 +116,7 @@ class RedisRunRegistry(RunRegistry):
             max_connections=pool_size,
             timeout=connect_timeout + 1,
             socket_connect_timeout=connect_timeout,
-            socket_timeout=connect_timeout + READ_BLOCK_MS / 1000 + 1,
+            socket_timeout=connect_timeout + 2,
             retry=Retry(NoBackoff(), 1),
             health_check_interval=30,
             decode_responses=True,
@@ -322,18 +127,12 @@ class RedisRunRegistry(RunRegistry):
         self._k_runs, self._k_live, self._k_leases = g + "runs", g + "live", g + "leases"
         self._k_owners, self._k_counts, self._k_finished = g + "owners", g + "owner_counts", g + "finished"
         script = self._redis.register_script
-        self._s_create, self._s_admit, self._s_release = script(_CREATE), script(_ADMIT), script(_RELEASE)
-        self._s_append, self._s_finish = script(_APPEND), script(_FINISH)
-        self._s_mark_running, self._s_cancel = script(_MARK_RUNNING), script(_CANCEL)
-        self._s_renew, self._s_expire, self._s_sweep = script(_RENEW), script(_EXPIRE), script(_SWEEP)
-        self._s_renew_index, self._s_prune = script(_RENEW_INDEX), script(_PRUNE)
-        # Leases this process holds (the runs it executes), renewed by a daemon
-        # thread that, like the gc thread, belongs to the process that started it.
-        self._held: set[str] = set()
-        self._held_lock = threading.Lock()
-        self._renewer: threading.Thread | None = None
-        self._renewer_stop: threading.Event | None = None
-        self._renewer_pid: int | None = None
+        self._s_create, self._s_admit = script(scripts.CREATE), script(scripts.ADMIT)
+        self._s_release, self._s_append = script(scripts.RELEASE), script(scripts.APPEND)
+        self._s_finish, self._s_mark_running = script(scripts.FINISH), script(scripts.MARK_RUNNING)
+        self._s_cancel, self._s_expire = script(scripts.CANCEL), script(scripts.EXPIRE)
+        self._s_sweep, self._s_prune = script(scripts.SWEEP), script(scripts.PRUNE)
+        self.leases = Leases(self._redis, self.run_key, self._k_leases, lease_seconds)
         self._follower = RedisFollower(self)  # live delivery to this process's subscribers
         self._cancel_checked: dict[str, float] = {}  # run → monotonic time of a "no"
         self._cancelled: set[str] = set()
@@ -386,21 +185,22 @@ class RedisRunRegistry(RunRegistry):
         key = self.run_key(run_id)
         # The hash exists before the run is listed, so a listing never mistakes
         # a run being created for an expired one.
-        safety_ms = int((2 * self._run_timeout + self._ttl_ms / 1000 + 4 * self._lease) * 1000)
+        limits, timeout_ms = self.limits, int(self.limits.run_timeout_seconds * 1000)
+        safety_ms = 2 * timeout_ms + self._ttl_ms + 4 * self.leases.ms
         now_ms, order = self._s_create(keys=[key], args=[
             kind, target_id, team_id, owner, repr(created_at),
-            int(self._run_timeout * 1000), self._lease_ms, safety_ms])
+            timeout_ms, self.leases.ms, safety_ms])
         admitted = self._s_admit(
             keys=[self._k_runs, self._k_live, self._k_leases, self._k_owners, self._k_counts],
-            args=[run_id, owner, self._max_live,
-                  -1 if self._max_per_owner is None else self._max_per_owner,
-                  int(now_ms) + int(self._run_timeout * 1000), int(now_ms) + self._lease_ms, order])
+            args=[run_id, owner, limits.max_live_runs,
+                  -1 if limits.max_active_per_owner is None else limits.max_active_per_owner,
+                  int(now_ms) + timeout_ms, int(now_ms) + self.leases.ms, order])
         if admitted != 1:
             self._redis.delete(key)
             if admitted == -2:
-                raise TooManyActiveRuns(f"too many active runs for this caller (limit {self._max_per_owner})")
-            raise RegistryFull(f"too many live runs (limit {self._max_live})")
-        self._hold(run_id)  # this process executes the run
+                raise limits.owner_full()
+            raise limits.full()
+        self.leases.hold(run_id)  # this process executes the run
         return RunInfo(run_id=run_id, kind=kind, target_id=target_id, team_id=team_id,
                        owner=owner, status="queued", created_at=created_at, started_at=None,
                        finished_at=None, event_count=0)
@@ -430,40 +230,32 @@ class RedisRunRegistry(RunRegistry):
     @_guarded
     def mark_running(self, run_id: str) -> bool:
         if not self._s_mark_running(keys=[self.run_key(run_id)],
-                                    args=[repr(self._clock()), self._lease_ms]):
+                                    args=[repr(self._clock()), self.leases.ms]):
             return False
-        self._hold(run_id)
+        self.leases.hold(run_id)
         return True
 
     @_guarded
-    def append(self, run_id: str, level: str, message: str, data: dict | None = None) -> int | None:
-        if level not in LEVELS:
-            raise ValueError(f"unknown event level {level!r}; expected one of {sorted(LEVELS)}")
-        if data is not None and not isinstance(data, dict):
-            raise TypeError(f"event data must be a dict, not {type(data).__name__}")
+    def _append(self, run_id: str, level: str, message: str, data: dict) -> int | None:
         ts = self._clock()
         seq = self._s_append(
             keys=[self.run_key(run_id), self.stream_key(run_id)],
-            args=[level, _event_tail(ts, level, message, data or {}), self._max_events,
+            args=[level, _event_tail(ts, level, message, data), self.limits.max_events_per_run,
                   '"ts":' + _json(ts) + self._truncated_rest])
         return seq if seq > 0 else None
 
     @_guarded
-    def finish(self, run_id: str, status: str, *, result: Any = None,
-               error: dict | None = None) -> bool:
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"{status!r} is not a terminal status; "
-                             f"expected one of {sorted(TERMINAL_STATUSES)}")
+    def _finish(self, run_id: str, status: str, result: Any, error: dict | None) -> bool:
         self._cancel_checked.pop(run_id, None)
         self._cancelled.discard(run_id)
         # Dropped first: should this call fail (Redis away), the lease runs out and
         # another process fails the run, instead of it staying `running` until its timeout.
-        self._unhold(run_id)
+        self.leases.release(run_id)
         done_seq = self._s_finish(
             keys=[self.run_key(run_id), self.stream_key(run_id)],
             args=[status, repr(self._clock()),
                   "" if result is None else _json(result), "" if error is None else _json(error),
-                  _done_json(run_id, status, result, error), self._ttl_ms])
+                  done_json(run_id, status, result, error), self._ttl_ms])
         if not done_seq:
             return False
         try:
@@ -472,33 +264,6 @@ class RedisRunRegistry(RunRegistry):
             # The run is finished; its lease entry makes gc release it later.
             log.warning("run %s finished but not yet released from the global indexes", run_id)
         return True
-
-    @_guarded
-    def read(self, run_id: str, after_seq: int, timeout: float) -> ReadResult:
-        """Like the memory backend's; waits in ``XREAD BLOCK`` slices on a pooled connection.
-
-        Live SSE delivery goes through ``subscribe`` (one follower per process);
-        this is for callers that want one run's events in a plain loop.
-        """
-        after_seq = max(0, after_seq)
-        deadline = time.monotonic() + max(0.0, timeout)
-        key, stream = self.run_key(run_id), self.stream_key(run_id)
-        while True:
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(key)
-                pipe.xrange(stream, f"(0-{after_seq}", "+")
-                values, entries = pipe.execute()
-            info = self._info(run_id, values)
-            if info is None:
-                raise RunNotFound(run_id)
-            events = [Event.from_json(fields["e"]) for _, fields in entries if "e" in fields]
-            if events or info.finished:
-                return ReadResult(events=events, done=info if info.finished else None)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return ReadResult(events=[], done=None)
-            block = max(1, min(READ_BLOCK_MS, int(remaining * 1000)))
-            self._redis.xread({stream: f"0-{after_seq}"}, count=1, block=block)
 
     def subscribe(self, run_id: str) -> ContextManager[RunFeed]:
         """This process's feed of the run, kept live by its one follower connection."""
@@ -558,15 +323,14 @@ class RedisRunRegistry(RunRegistry):
         orphaned, overdue = self._s_sweep(keys=[self._k_leases, self._k_live], args=[SWEEP_BATCH])
         ended = []
         if orphaned:
-            ended += self._expire(orphaned, "lease", "run_orphaned", {"lease_seconds": self._lease},
+            lease = self.leases.seconds
+            ended += self._expire(orphaned, "lease", "run_orphaned", {"lease_seconds": lease},
                                   {"type": "WorkerLost",
                                    "message": f"the process executing this run stopped "
-                                              f"(its lease of {self._lease:g} seconds expired)"})
+                                              f"(its lease of {lease:g} seconds expired)"})
         if overdue:
             ended += self._expire(overdue, "deadline", "run_timeout",
-                                  {"timeout_seconds": self._run_timeout},
-                                  {"type": "RunTimeout",
-                                   "message": f"run did not finish within {self._run_timeout:g} seconds"})
+                                  self.limits.timeout_event(), self.limits.timeout_error())
         if ended:
             self._release(ended)
         return int(self._s_prune(keys=[self._k_runs, self._k_finished], args=[1000]))
@@ -584,55 +348,10 @@ class RedisRunRegistry(RunRegistry):
         """Stops this process's gc, lease and follower threads and closes its connections."""
         super().close()
         self._follower.close()
-        stop, thread, pid = self._renewer_stop, self._renewer, self._renewer_pid
-        self._renewer = self._renewer_stop = self._renewer_pid = None
-        if stop is not None:
-            stop.set()
-        if thread is not None and pid == os.getpid() and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self.leases.close()
         self._pool.disconnect()
 
-    # --- leases -----------------------------------------------------------------------
-
-    def _hold(self, run_id: str) -> None:
-        with self._held_lock:
-            self._held.add(run_id)
-            pid = os.getpid()
-            if self._renewer is None or self._renewer_pid != pid or not self._renewer.is_alive():
-                stop = threading.Event()
-                self._renewer = threading.Thread(target=self._renew_loop, args=(stop,),
-                                                 name="chatsvc-run-leases", daemon=True)
-                self._renewer_stop, self._renewer_pid = stop, pid
-                self._renewer.start()
-
-    def _unhold(self, run_id: str) -> None:
-        with self._held_lock:
-            self._held.discard(run_id)
-
-    def _renew_loop(self, stop: threading.Event) -> None:
-        # Three renewals per lease: one late or failed renewal does not lose it.
-        while not stop.wait(self._lease / 3):
-            try:
-                self.renew_leases()
-            except _UNAVAILABLE as exc:
-                log.warning("cannot renew run leases (Redis unavailable: %s); retrying", exc)
-            except Exception:
-                log.exception("renewing run leases failed; retrying in %gs", self._lease / 3)
-
-    def renew_leases(self) -> None:
-        """Extends the lease of every run this process executes: one round trip."""
-        with self._held_lock:
-            held = list(self._held)
-        if not held:
-            return
-        with self._redis.pipeline(transaction=False) as pipe:
-            for run_id in held:
-                self._s_renew(keys=[self.run_key(run_id)], args=[self._lease_ms], client=pipe)
-            self._s_renew_index(keys=[self._k_leases], args=[self._lease_ms, *held], client=pipe)
-            results = pipe.execute()
-        for run_id, lease in zip(held, results):
-            if not lease:  # ended elsewhere (timeout, lease sweep) or expired
-                self._unhold(run_id)
+    # --- ending runs from any process -------------------------------------------------
 
     def _expire(self, run_ids: list[str], field: str, message: str, data: dict,
                 error: dict) -> list[str]:
@@ -643,7 +362,7 @@ class RedisRunRegistry(RunRegistry):
             for run_id in run_ids:
                 self._s_expire(keys=[self.run_key(run_id), self.stream_key(run_id)],
                                args=[field, tail, repr(now), error_json,
-                                     _done_json(run_id, "failed", None, error), self._ttl_ms],
+                                     done_json(run_id, "failed", None, error), self._ttl_ms],
                                client=pipe)
             results = pipe.execute()
         for run_id, outcome in zip(run_ids, results):
@@ -680,8 +399,8 @@ class RedisRunRegistry(RunRegistry):
             team_id=int(values["team_id"]), owner=values["owner"], status=values["status"],
             created_at=float(values["created_at"]), started_at=_float(values.get("started_at")),
             finished_at=_float(values.get("finished_at")), event_count=int(values.get("n", 0)),
-            result=None if result is None else _freeze(json.loads(result)),
-            error=None if error is None else _freeze(json.loads(error)),
+            result=None if result is None else freeze(json.loads(result)),
+            error=None if error is None else freeze(json.loads(error)),
             cancel_requested=values.get("cancel") == "1",
             done_seq=None if done_seq is None else int(done_seq),
         )
