@@ -529,8 +529,10 @@ def write_outputs(out: str, meta: dict, samples: list[dict], counts: dict) -> No
 # --- comparing two dumps (--diag) ------------------------------------------------------------
 
 
-def compare_dumps(diag: Path, after_seconds: float, started_wall: float, top: int = 25) -> str:
-    """Growth between the first dump of each worker taken ``after_seconds`` into the run and its last."""
+def compare_dumps(diag: Path, after_seconds: float, started_wall: float, until_wall: float = float("inf"),
+                  top: int = 25) -> str:
+    """Growth between the first dump of each worker taken ``after_seconds`` into the run and its last
+    one before ``until_wall`` (the end of the load: the dumps after it show runs draining away)."""
     import tracemalloc
 
     lines: list[str] = []
@@ -541,7 +543,7 @@ def compare_dumps(diag: Path, after_seconds: float, started_wall: float, top: in
         dumps.setdefault(report["pid"], []).append(report)
     for pid, reports in sorted(dumps.items()):
         reports.sort(key=lambda r: r["n"])
-        later = [r for r in reports if r["time"] - started_wall >= after_seconds]
+        later = [r for r in reports if r["time"] - started_wall >= after_seconds and r["time"] <= until_wall + 5]
         if len(later) < 2:
             lines.append(f"worker {pid}: fewer than two dumps after {after_seconds:.0f} s; nothing to compare")
             continue
@@ -649,7 +651,7 @@ def main() -> None:
     seed = server.seed()
     load = None
     sampler = None
-    started_wall = time.time()
+    started_wall = load_end_wall = time.time()
     try:
         server.start()
         started_wall = time.time()
@@ -659,6 +661,7 @@ def main() -> None:
         load_thread = threading.Thread(target=load.run, args=(args.minutes * 60,), name="soak-load", daemon=True)
         load_thread.start()
         load_end = time.monotonic() + args.minutes * 60
+        load_end_wall = time.time() + args.minutes * 60
         end = load_end + args.idle_minutes * 60
         next_sample = time.monotonic() + args.interval
         while time.monotonic() < end:
@@ -697,7 +700,7 @@ def main() -> None:
             print(f"deleted {deleted} Redis keys under {server.prefix}")
         if args.diag:
             report = compare_dumps(args.diag, args.compare_after if args.compare_after is not None else args.ttl + 60,
-                                   started_wall)
+                                   started_wall, load_end_wall)
             (args.diag / "report.txt").write_text(report + "\n")
             print(report)
             print(f"(also in {args.diag / 'report.txt'})")

@@ -21,8 +21,8 @@ from chatsvc.runs.executor import RunExecutor, default_workers
 from chatsvc.runs.logger import RunLogger
 from chatsvc.runs.model import RunInfo
 from chatsvc.runs.registry import RunRegistry
-from chatsvc.runs.tokens import StreamTokens
-from chatsvc.security.permissions import StreamGrants
+from chatsvc.security.grants import StreamGrants
+from chatsvc.security.tokens import StreamTokens
 from chatsvc.services import jsonata_pool
 from chatsvc.services.llm import LLMProvider, make_provider
 

@@ -16,7 +16,7 @@ from chatsvc.extensions import db
 from chatsvc.models import Membership
 from chatsvc.runtime import EXTENSION_KEY
 from chatsvc.runs.sse import RETRY_PREAMBLE, encode_done
-from chatsvc.security.permissions import StreamGrants
+from chatsvc.security.grants import StreamGrants
 from tests.helpers.api import assert_error
 from tests.helpers.runs import FakeClock, encode_log_event, parse_sse, poll, read, read_events
 

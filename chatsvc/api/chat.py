@@ -22,16 +22,9 @@ from chatsvc.runs.shape import (
 )
 from chatsvc.runtime import current_runtime
 from chatsvc.security.caller import Caller, authenticate, get_caller
-from chatsvc.security.permissions import (
-    check_workflow_graph,
-    expert_for_run,
-    experts_of_workflow,
-    visible_run,
-    visible_runs,
-    workflow_for_run,
-)
+from chatsvc.security.permissions import visible_run, visible_runs
+from chatsvc.security.targets import expert_for_run, runnable_workflow
 from chatsvc.services.expert_runner import run_expert
-from chatsvc.services.workflow_graph import build_graph, graph_documents
 from chatsvc.services.workflow_runner import WorkflowJob
 
 from .pagination import clamp_page
@@ -125,14 +118,12 @@ class RunWorkflow(MethodView):
     def post(self, body):
         """Run a workflow: its nodes in topological order."""
         caller = get_caller()
-        workflow = workflow_for_run(caller, body["workflow_id"])
-        nodes, edges = graph_documents(workflow)
-        check_workflow_graph(workflow.team_id, nodes, edges)  # it may have changed since it was saved
+        workflow = runnable_workflow(caller, body["workflow_id"])
         runtime = current_runtime()
         job = WorkflowJob(
-            graph=build_graph(workflow),
+            graph=workflow.graph,
             starting_inputs=body["starting_inputs"],
-            experts=experts_of_workflow(caller, workflow),
+            experts=workflow.experts,
             provider=runtime.provider,
             jsonata_timeout_ms=runtime.config.jsonata_timeout_ms,
             max_output_bytes=runtime.config.max_run_output_bytes,

@@ -8,12 +8,12 @@ from chatsvc.extensions import db
 from chatsvc.models import Expert, ExpertService
 from chatsvc.security.caller import authenticate, get_caller
 from chatsvc.security.permissions import (
-    expert_for_use,
     get_or_404,
     manageable,
     require_team_admin,
     visible_experts,
 )
+from chatsvc.security.targets import expert_for_use
 
 from .links import register_link_routes
 from .pagination import paginate

@@ -15,7 +15,8 @@ from chatsvc.runs.registry import RunRegistry
 from chatsvc.runs.sse import HEARTBEAT_BYTES, RETRY_PREAMBLE_BYTES, parse_last_event_id
 from chatsvc.runtime import current_runtime
 from chatsvc.security.caller import get_caller, has_credentials, stream_token_caller_key
-from chatsvc.security.permissions import run_for_stream_token, visible_run
+from chatsvc.security.grants import run_for_stream_token
+from chatsvc.security.permissions import visible_run
 
 from .schemas import ErrorSchema
 from .security_schemes import DEFAULT_SECURITY

@@ -14,8 +14,8 @@ from chatsvc.security.permissions import (
     manageable,
     require_team_admin,
     visible_workflows,
-    workflow_for_use,
 )
+from chatsvc.security.targets import workflow_for_use
 from chatsvc.services.workflow_graph import graph_documents
 
 from .links import register_link_routes

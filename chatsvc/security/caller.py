@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from flask import Flask, current_app, request
 from flask_jwt_extended import create_access_token, decode_token
@@ -15,9 +14,7 @@ from sqlalchemy import bindparam, select
 from chatsvc.errors import BadRequest, Unauthorized
 from chatsvc.extensions import db
 from chatsvc.models import Membership, Service, User, hash_api_key, is_possible_id
-
-if TYPE_CHECKING:
-    from chatsvc.runs.tokens import StreamTokens
+from chatsvc.security.tokens import StreamTokens
 
 API_KEY_HEADER = "X-API-Key"
 _CALLER_KEY = "chatsvc.caller"
@@ -202,7 +199,7 @@ def stream_token_caller_key(tokens: StreamTokens, token: str, run_id: str) -> st
     """The key of the caller a stream token for ``run_id`` was issued to (``user:3``).
 
     401 if the token is not genuine, has expired or names another run. Whether that
-    caller may still see the run is ``permissions.run_for_stream_token``'s question.
+    caller may still see the run is ``grants.run_for_stream_token``'s question.
     """
     caller_key = tokens.caller_key(token, run_id)
     if caller_key is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from chatsvc.models import Expert, Workflow
-from chatsvc.security.permissions import service_linked_target
+from chatsvc.security.targets import service_linked_target
 
 
 def ensure_service_can_use_expert(session: Session, service_id: int, expert_id: int) -> Expert:
