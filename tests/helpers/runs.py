@@ -152,3 +152,23 @@ def encode_log_event(event: LogEvent) -> str:
 
     data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
     return encode_event(data, event="log", id=event.seq)
+
+
+def new_run(reg, **overrides) -> Any:
+    """A queued run in ``reg`` (a registry of either backend)."""
+    fields = {"kind": "workflow", "target_id": 1, "team_id": 2, "owner": "user:3"} | overrides
+    return reg.create(**fields)
+
+
+def read_until_done(reg, run_id: str, after_seq: int = 0) -> tuple[list[LogEvent], Any]:
+    """Reads like an SSE subscriber (one subscription, its feed): every event and the final snapshot."""
+    seen = []
+    deadline = time.monotonic() + 30
+    with reg.subscribe(run_id) as feed:
+        while time.monotonic() < deadline:
+            found = feed.read(after_seq, 5.0)
+            seen.extend(log_events(found.data))
+            after_seq = found.last_seq
+            if found.finished:
+                return seen, reg.get(run_id)
+    raise AssertionError("reader never got done")

@@ -5,17 +5,16 @@ Most tests take the ``registry`` / ``make_registry`` fixtures, parametrized over
 own key prefix, deleted afterwards). Tests that move a FakeClock to travel through
 TTLs and timeouts construct ``MemoryRunRegistry`` directly and stay memory-only;
 their Redis counterparts (tests/runs/test_redis_registry.py) use short real TTLs,
-timeouts and leases, because Redis decides those by its own clock.
+timeouts and leases, because Redis decides those by its own clock. Events are read as a
+stream reads them: ``subscribe`` and the run's feed (``tests.helpers.runs.read``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import gc
 import json
 import logging
-import math
 import threading
 import time
 from datetime import datetime, timezone
@@ -23,89 +22,18 @@ from datetime import datetime, timezone
 import pytest
 
 from chatsvc import concurrency
-from chatsvc.runs.logger import RunLogger, to_jsonable
 from chatsvc.runs.redis import RedisRunRegistry
 from chatsvc.runs.memory import MemoryRunRegistry
 from chatsvc.runs.model import TERMINAL_STATUSES, RegistryFull, RunInfo, RunNotFound
 from chatsvc.runs.shape import RunSchema, run_fields
-from tests.helpers.redis_support import delete_prefix, redis_url, unique_prefix
-from tests.helpers.runs import FakeClock, StreamRead, log_events, read
+from tests.helpers.runs import StreamRead, new_run, read, read_until_done
 
 WAIT = 5.0  # generous upper bound for anything that should happen "at once"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def make_registry(backend: str, clock: FakeClock):
-    """Builds registries of this test's backend; Redis ones share one key prefix (one "deployment").
-
-    ``redis_options`` go to RedisRunRegistry only (e.g. ``pool_size``).
-    """
-    made = []
-    url = redis_url() if backend == "redis" else None
-    prefix = unique_prefix()
-
-    def make(redis_options: dict | None = None, **options):
-        options.setdefault("clock", clock)
-        if backend == "memory":
-            reg = MemoryRunRegistry(**options)
-        else:
-            reg = RedisRunRegistry(url, prefix=prefix, **options, **(redis_options or {}))
-        made.append(reg)
-        return reg
-
-    yield make
-    for reg in made:
-        reg.close()
-    if url is not None:
-        delete_prefix(url, prefix)
-
-
-@pytest.fixture
-def registry(make_registry):
-    return make_registry(ttl_seconds=60, run_timeout_seconds=30)
-
-
-@pytest.fixture
-def memory_registry(clock: FakeClock):
-    """For white-box and time-travel tests of the memory backend."""
-    reg = MemoryRunRegistry(ttl_seconds=60, run_timeout_seconds=30, clock=clock)
-    yield reg
-    reg.close()
 
 
 def public_shape(info: RunInfo) -> dict:
     """The run as GET /chat/runs/{id} shows it, without the links the API adds."""
     return RunSchema().dump(run_fields(info))
-
-
-def new_run(reg: MemoryRunRegistry, **overrides) -> RunInfo:
-    fields = {"kind": "workflow", "target_id": 1, "team_id": 2, "owner": "user:3"} | overrides
-    return reg.create(**fields)
-
-
-def read_until_done(reg: MemoryRunRegistry, run_id: str,
-                    after_seq: int = 0) -> tuple[list, RunInfo]:
-    """Reads like an SSE subscriber (one subscription, its feed): every event and the final snapshot."""
-    seen = []
-    deadline = time.monotonic() + 30
-    with reg.subscribe(run_id) as feed:
-        while time.monotonic() < deadline:
-            found = feed.read(after_seq, WAIT)
-            seen.extend(log_events(found.data))
-            after_seq = found.last_seq
-            if found.finished:
-                return seen, reg.get(run_id)
-    raise AssertionError("reader never got done")
 
 
 def wait_for_waiters(reg, run_id: str, count: int) -> None:
@@ -537,118 +465,6 @@ def test_start_gc_is_idempotent_per_process(registry, monkeypatch):
     assert registry._gc._thread is not thread
     monkeypatch.undo()
     registry.close()
-
-
-# --- RunLogger ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def logger(registry):
-    return RunLogger(registry)
-
-
-def test_logger_levels(registry, logger):
-    run = new_run(registry)
-    assert logger.log_info(run.run_id, "node_start", node_key="a", index=1) == 1
-    assert logger.log_warn(run.run_id, "input_conflict", keys=["x"]) == 2
-    events = read(registry, run.run_id, 0, timeout=0).events
-    assert [(e.level, e.message, e.data) for e in events] == [
-        ("info", "node_start", {"node_key": "a", "index": 1}),
-        ("warn", "input_conflict", {"keys": ["x"]}),
-    ]
-
-
-def test_log_error_keeps_traceback_out_of_the_event(registry, logger, caplog):
-    run = new_run(registry)
-    try:
-        raise ValueError("bad input")
-    except ValueError as exc:
-        error = exc
-    with caplog.at_level(logging.ERROR, logger="chatsvc.runs"):
-        seq = logger.log_error(run.run_id, "node_error", error, node_key="b")
-
-    event = read(registry, run.run_id, 0, timeout=0).events[0]
-    assert (event.seq, event.level) == (seq, "error")
-    assert event.data == {"node_key": "b",
-                          "exception": {"type": "ValueError", "message": "bad input"}}
-    assert "Traceback" not in json.dumps(event.to_dict())
-    [record] = [r for r in caplog.records if r.name == "chatsvc.runs"]
-    assert record.exc_info[1] is error and run.run_id in record.getMessage()
-
-
-def test_log_error_without_exception(registry, logger):
-    run = new_run(registry)
-    logger.log_error(run.run_id, "something_failed", reason="x")
-    assert read(registry, run.run_id, 0, timeout=0).events[0].data == {"reason": "x"}
-
-
-def test_logger_finish_appends_run_finished_then_done(registry, logger):
-    run = new_run(registry)
-    assert logger.finish(run.run_id, "succeeded", result={"ok": True}, duration_ms=12)
-    assert not logger.finish(run.run_id, "failed")  # first call wins, nothing more logged
-    events, done = read_until_done(registry, run.run_id)
-    assert [(e.level, e.message, e.data) for e in events] == [
-        ("info", "run_finished", {"status": "succeeded", "duration_ms": 12}),
-    ]
-    assert (done.status, done.result, done.done_seq) == ("succeeded", {"ok": True}, 2)
-
-
-def test_logger_finish_failed_is_error_level(registry, logger):
-    run = new_run(registry)
-    logger.finish(run.run_id, "failed", error={"type": "X", "message": "y"})
-    event = read(registry, run.run_id, 0, timeout=0).events[0]
-    assert (event.level, event.data) == ("error", {"status": "failed"})
-    with pytest.raises(ValueError):
-        logger.finish(run.run_id, "done")
-
-
-def test_logger_coerces_data_to_json(registry, logger):
-    run = new_run(registry)
-    when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-
-    class Thing:
-        def __str__(self) -> str:
-            return "a thing"
-
-    logger.log_info(run.run_id, "mixed", when=when, tags={"b", "a"}, pair=(1, 2),
-                    exc=KeyError("k"), thing=Thing(), raw=b"\xffok")
-    data = read(registry, run.run_id, 0, timeout=0).events[0].data
-    assert data == {
-        "when": "2025-01-02T03:04:05+00:00",
-        "tags": ["a", "b"],
-        "pair": [1, 2],
-        "exc": {"type": "KeyError", "message": "'k'"},
-        "thing": "a thing",
-        "raw": "\ufffdok",
-    }
-
-
-def test_to_jsonable_handles_what_json_dumps_rejects():
-    cyclic: list = [1]
-    cyclic.append(cyclic)
-    value = {"nan": math.nan, "inf": [math.inf], 3: "int key", (1, 2): "tuple key",
-             None: "none key", "cycle": cyclic, "when": datetime(2025, 1, 1)}
-    result = to_jsonable(value)
-    assert result == {"nan": None, "inf": [None], "3": "int key", "(1, 2)": "tuple key",
-                      "null": "none key", "cycle": [1, "<cycle>"], "when": "2025-01-01T00:00:00"}
-    json.dumps(result, allow_nan=False)  # strictly valid JSON
-
-
-def test_to_jsonable_copies_flat_plain_data_and_coerces_anything_else():
-    class Level(enum.IntEnum):
-        HIGH = 3
-
-    class Name(str):
-        pass
-
-    plain = {"node_key": "n1", "count": 2, "ratio": 0.5, "ok": True, "none": None}
-    copied = to_jsonable(plain)
-    assert copied == plain and copied is not plain
-    coerced = to_jsonable({"level": Level.HIGH, "name": Name("x"), "nan": math.nan, "city": "Zürich",
-                           "broken": "a\ud800"})
-    assert coerced == {"level": 3, "name": "x", "nan": None, "city": "Zürich", "broken": "a\ufffd"}
-    assert [type(coerced[key]) for key in ("level", "name")] == [int, str]
-    assert to_jsonable({"\udc00": 1}) == {"\ufffd": 1}
 
 
 def test_terminal_statuses():
