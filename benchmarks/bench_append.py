@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chatsvc.runs.logger import RunLogger, to_jsonable  # noqa: E402
-from chatsvc.runs.memory import MemoryRunRegistry# noqa: E402
+from chatsvc.runs.memory import MemoryRunRegistry  # noqa: E402
 
 SMALL = {"node_id": 17, "node_key": "n17", "node_type": "sleep"}
 OUTPUT = {"node_id": 17, "node_key": "n17", "duration_ms": 20,

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
-from chatsvc.runs.redis import RedisRunRegistry# noqa: E402
+from chatsvc.runs.redis import RedisRunRegistry  # noqa: E402
 
 
 def typical(i: int) -> tuple[str, dict]:

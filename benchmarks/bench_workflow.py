@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chatsvc.runs.executor import RunContext  # noqa: E402
 from chatsvc.runs.logger import RunLogger  # noqa: E402
-from chatsvc.runs.memory import MemoryRunRegistry# noqa: E402
+from chatsvc.runs.memory import MemoryRunRegistry  # noqa: E402
 from chatsvc.services.dag import EdgeSpec, Graph, NodeSpec  # noqa: E402
 from chatsvc.services.llm import StubProvider  # noqa: E402
 from chatsvc.services.workflow_runner import WorkflowJob  # noqa: E402

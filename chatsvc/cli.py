@@ -30,13 +30,13 @@ def with_app(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         from sqlalchemy.exc import IntegrityError
 
-        from chatsvc import schema
+        from chatsvc import migrations
         from chatsvc.errors import ApiError
         from chatsvc.extensions import db
 
         app = _app()
         with app.app_context():
-            schema.upgrade(db.engine)
+            migrations.upgrade(db.engine)
             try:
                 return func(*args, **kwargs)
             except ApiError as exc:  # the API's errors, told as a one-line message, not a traceback
@@ -180,12 +180,12 @@ def _check_config(env: dict[str, str]) -> None:
 
 
 def _print_demo(url: str) -> None:
-    from chatsvc import demo, schema
+    from chatsvc import demo, migrations
     from chatsvc.extensions import db
 
     app = _app()
     with app.app_context():
-        schema.upgrade(db.engine)
+        migrations.upgrade(db.engine)
         seeded = demo.seed(DEMO_ADMIN, DEMO_PASSWORD, demo_key_file())
     click.echo(f"chatsvc demo at {url}/  (sign in as {seeded['admin_email']} / {seeded['admin_password']})")
     click.echo(json.dumps(seeded, indent=2))

@@ -4,7 +4,8 @@ Every error leaves the app as
 ``{"code": 403, "status": "Forbidden", "message": "...", "errors": {...}}``
 (``errors`` only for validation): our own exceptions, werkzeug's HTTP errors
 (404, 405, 413, malformed JSON...), marshmallow validation through
-flask-smorest, flask-jwt-extended's callbacks, integrity errors (409), an
+flask-smorest, authentication (``security/caller.py`` raises ``Unauthorized`` itself:
+flask-jwt-extended's decorators and callbacks are not used), integrity errors (409), an
 unreachable database (503 + Retry-After) and any unexpected exception (500,
 logged, no details leaked).
 

@@ -23,7 +23,7 @@ from chatsvc.runs.model import RunInfo
 from chatsvc.runs.registry import RunRegistry
 from chatsvc.security.grants import StreamGrants
 from chatsvc.security.tokens import StreamTokens
-from chatsvc.services import jsonata_pool
+from chatsvc.services.jsonata import pool as jsonata_pool
 from chatsvc.services.llm import LLMProvider, make_provider
 
 EXTENSION_KEY = "chatsvc.runtime"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from werkzeug.security import generate_password_hash
 from werkzeug.serving import make_server
 
-from chatsvc import create_app, schema
+from chatsvc import create_app, migrations
 from chatsvc.config import Config
 from chatsvc.extensions import db
 from chatsvc.models import (
@@ -76,7 +76,7 @@ def app(make_config, config_overrides) -> Iterator:
     with app.app_context():
         if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
             db.drop_all()
-        schema.create_current(db.engine)
+        migrations.create_current(db.engine)
     yield app
     shutdown = app.extensions.get("chatsvc.shutdown")
     if shutdown:

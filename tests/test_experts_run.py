@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from chatsvc.services import jsonata_pool
+from chatsvc.services.jsonata import pool as jsonata_pool
 from chatsvc.services.prompt_render import server_timezone
 from tests.helpers.fake_openai import FakeOpenAI
 from tests.helpers.runs import messages, only, poll, read_events, wait_finished

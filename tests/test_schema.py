@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect
 
-from chatsvc import schema
+from chatsvc import migrations
 from chatsvc.cli import main
 from chatsvc.extensions import db
 from tests.helpers.support import postgres_url
@@ -28,17 +28,17 @@ def empty_database(request, tmp_path):
 
 def test_the_migrations_build_exactly_the_models_schema(empty_database):
     _, engine = empty_database
-    schema.upgrade(engine)
+    migrations.upgrade(engine)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, db.metadata) == []  # autogenerate would write nothing
-        assert schema.current_revision(connection) == head()
+        assert migrations.current_revision(connection) == head()
 
 
 def test_init_db_upgrades_a_database_made_before_migrations(empty_database, monkeypatch, tmp_path):
     url, engine = empty_database
     with engine.begin() as connection:  # what create_all made before migrations: the baseline, unversioned
-        command.upgrade(schema.alembic_config(connection), schema.BASELINE)
+        command.upgrade(migrations.alembic_config(connection), migrations.BASELINE)
         connection.exec_driver_sql("DROP TABLE alembic_version")
     assert "example_input" not in {c["name"] for c in inspect(engine).get_columns("experts")}
 
@@ -50,10 +50,10 @@ def test_init_db_upgrades_a_database_made_before_migrations(empty_database, monk
         assert result.exit_code == 0, result.output
     assert "example_input" in {c["name"] for c in inspect(engine).get_columns("experts")}
     with engine.connect() as connection:
-        assert schema.current_revision(connection) == head()
+        assert migrations.current_revision(connection) == head()
 
 
 def head() -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory(schema.MIGRATIONS).get_current_head()
+    return ScriptDirectory(migrations.MIGRATIONS).get_current_head()

@@ -5,7 +5,7 @@ from alembic import context
 from chatsvc.extensions import db
 
 config = context.config
-connection = config.attributes["connection"]  # set by chatsvc.schema; no alembic.ini, no URL here
+connection = config.attributes["connection"]  # set by chatsvc.migrations.alembic_config; no alembic.ini, no URL here
 context.configure(
     connection=connection,
     target_metadata=db.metadata,

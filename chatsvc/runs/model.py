@@ -148,7 +148,7 @@ def freeze(value: Any) -> Any:
     """Deep-copies dicts, lists, tuples and sets into read-only equivalents.
 
     A finished workflow's result can hold thousands of values: scalars return first,
-    and containers are built from a comprehension (half the time of a generator).
+    and containers are built from a comprehension, which is faster than a generator.
     """
     if type(value) in _SCALARS:
         return value

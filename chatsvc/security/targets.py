@@ -126,8 +126,8 @@ _EDGES_OF = (select(_edges.source_id, _edges.target_id)
 def workflow_for_run(caller: Caller, workflow_id: int) -> StoredWorkflow:
     """The workflow and its graph, under the same rule as ``workflow_for_use``.
 
-    Plain rows, not ORM objects: a workflow of 150 nodes starts in about 3 ms
-    rather than 10 (benchmarks/bench_workflow_start.py).
+    Plain rows, not ORM objects: a run start reads a large graph in a fraction of the
+    time the ORM takes (docs/performance.md, "Starting a workflow run").
     """
     row = _row_for_run(caller, Workflow, _WORKFLOW_FOR_RUN, workflow_id)
     connection = db.session.connection()

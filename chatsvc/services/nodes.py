@@ -11,8 +11,8 @@ import copy
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Protocol
 
-from chatsvc.services.jsonata_eval import ExpressionError, compile_expression
-from chatsvc.services.jsonata_pool import evaluate
+from chatsvc.services.jsonata.expressions import ExpressionError, compile_expression
+from chatsvc.services.jsonata.pool import evaluate
 from chatsvc.services.prompt_render import default_base, render_prompt
 
 MAX_SLEEP_SECONDS = 60

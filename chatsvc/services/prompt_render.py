@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from chatsvc.services.jsonata_eval import ExpressionError
-from chatsvc.services.jsonata_pool import evaluate_many
+from chatsvc.services.jsonata.expressions import ExpressionError
+from chatsvc.services.jsonata.pool import evaluate_many
 
 # Inside a placeholder, the characters that can change where it ends: quotes, braces, comments.
 _SIGNIFICANT = re.compile(r"""["'`{}]|/\*""")
@@ -110,10 +110,10 @@ def render_prompt(
 
     ``timeout_ms`` bounds one placeholder, ``total_timeout_ms`` the whole template, so a template
     repeating a runaway expression cannot hold a worker for long. ``tenant`` (the run's team)
-    shares the evaluators out fairly (``jsonata_pool``).
+    shares the evaluators out fairly (``pool``).
     """
     spans = list(_placeholder_spans(template))
-    # One round trip to an evaluator process for the whole template (jsonata_pool).
+    # One round trip to an evaluator process for the whole template (jsonata.pool).
     values = evaluate_many([template[start + 2:end - 2].strip() for start, end in spans],
                            {"base": base, "input": input_data},
                            timeout_ms=timeout_ms, total_ms=total_timeout_ms, tenant=tenant)

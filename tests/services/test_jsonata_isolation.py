@@ -67,7 +67,7 @@ def evaluator_pids(live) -> list[int]:
     """The server's evaluator processes (children of its gunicorn worker)."""
     worker = int(Path(f"/proc/{live.process.pid}/task/{live.process.pid}/children").read_text().split()[0])
     children = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
-    return [int(pid) for pid in children if b"jsonata_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [int(pid) for pid in children if b"jsonata/worker.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def test_three_runaway_evaluations_do_not_stall_other_clients(server):

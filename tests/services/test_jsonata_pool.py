@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from chatsvc.services import jsonata_pool, jsonata_worker
-from chatsvc.services.jsonata_eval import ExpressionError
-from chatsvc.services.jsonata_pool import EvaluatorPool
+from chatsvc.services.jsonata import pool as jsonata_pool
+from chatsvc.services.jsonata import worker as jsonata_worker
+from chatsvc.services.jsonata.expressions import ExpressionError
+from chatsvc.services.jsonata.pool import EvaluatorPool
 from chatsvc.services.prompt_render import render_prompt
 
 CATASTROPHIC = "$contains(input.s, /(a+)+$/)"

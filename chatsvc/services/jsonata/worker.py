@@ -1,8 +1,8 @@
 """An evaluator process: JSONata evaluations for the serving process, one request per line.
 
-Started by ``jsonata_pool`` as ``python path/to/jsonata_worker.py MEMORY_MB``: a fresh
+Started by ``pool`` as ``python path/to/jsonata/worker.py MEMORY_MB``: a fresh
 interpreter (nothing forked from a worker running greenlets) that imports only
-``jsonata_eval`` beside it — not the chatsvc package, so it starts in a fraction of a
+``expressions`` beside it — not the chatsvc package, so it starts in a fraction of a
 second and stays small — with its address space capped, so that a huge range or string
 ends in MemoryError here, never in the server. It writes ``ready`` once it can serve.
 
@@ -21,10 +21,10 @@ import resource
 import sys
 import time
 
-if __package__:  # imported as chatsvc.services.jsonata_worker (tests)
-    from chatsvc.services.jsonata_eval import OUT_OF_MEMORY, ExpressionError, evaluate
+if __package__:  # imported as chatsvc.services.jsonata.worker (tests)
+    from chatsvc.services.jsonata.expressions import OUT_OF_MEMORY, ExpressionError, evaluate
 else:  # run by path: the module beside this file, without the chatsvc package (Flask, SQLAlchemy...)
-    from jsonata_eval import OUT_OF_MEMORY, ExpressionError, evaluate  # type: ignore[no-redef]
+    from expressions import OUT_OF_MEMORY, ExpressionError, evaluate  # type: ignore[no-redef]
 
 MAX_RESULT_BYTES = 1024 * 1024  # a placeholder or transform result larger than this is an error
 TOO_LARGE_TOGETHER = f"evaluation error: the template's values exceed {MAX_RESULT_BYTES} bytes together"

@@ -2,7 +2,7 @@
 
 Every evaluation (prompt placeholders, ``transform`` nodes) goes through ``evaluate_many``:
 one round trip to an idle child of this process's pool evaluates a whole template's
-expressions. The child applies the cooperative bounds of ``jsonata_eval``; on top, the
+expressions. The child applies the cooperative bounds of ``expressions``; on top, the
 server waits for each answer no longer than the expression's time limit (plus a small
 grace) and otherwise kills the child — a single built-in call (a catastrophic regex, a
 huge range or sort) cannot hold the server, whatever it does. A child stuck at its memory
@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
-from chatsvc.services.jsonata_eval import OUT_OF_MEMORY, ExpressionError
+from chatsvc.services.jsonata.expressions import OUT_OF_MEMORY, ExpressionError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ STARTUP_SECONDS = 15  # a new evaluator must say "ready" within this
 # (CPython can spin there until killed rather than raise MemoryError): it is stopped at the
 # next check, as out of memory, instead of holding its evaluator until the time limit.
 MEMORY_FULL_SHARE = 0.95
-WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsonata_worker.py")
+WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 DEFAULT_WORKERS = 4
 DEFAULT_MEMORY_MB = 512
 
@@ -458,7 +458,7 @@ def evaluate_many(exprs: list[str], data: Any, *, timeout_ms: int, total_ms: int
 
 def evaluate(expr: str, data: Any, *, timeout_ms: int = 500, max_depth: int = 100,
              tenant: Hashable | None = None) -> Any:
-    """One expression's value; raises ExpressionError like ``jsonata_eval.evaluate``."""
+    """One expression's value; raises ExpressionError like ``expressions.evaluate``."""
     [result] = evaluate_many([expr], data, timeout_ms=timeout_ms, max_depth=max_depth, tenant=tenant)
     if isinstance(result, ExpressionError):
         raise result
