@@ -551,6 +551,14 @@ def compare_dumps(diag: Path, after_seconds: float, started_wall: float, until_w
         minutes = (last["time"] - first["time"]) / 60
         lines.append(f"=== worker {pid}: dump {first['n']} (t={first['time'] - started_wall:.0f} s) -> "
                      f"dump {last['n']} (t={last['time'] - started_wall:.0f} s), {minutes:.1f} min ===")
+        final = reports[-1]
+        if "rss_kb_after_malloc_trim" in final:
+            lines.append(f"last dump (t={final['time'] - started_wall:.0f} s): RSS {final['rss_kb'] / 1024:.1f} MB, "
+                         f"{final['rss_kb_after_malloc_trim'] / 1024:.1f} MB after malloc_trim(0); gc objects "
+                         f"{final['gc_objects']}; runs held "
+                         f"{final['bookkeeping'].get('registry._runs', final['bookkeeping'].get('follower._runs'))}"
+                         + (f"; tracemalloc traced {final['tracemalloc']['current'] / 2**20:.2f} MB"
+                            if "tracemalloc" in final else ""))
         lines.append(f"RSS {first['rss_kb'] / 1024:.1f} -> {last['rss_kb'] / 1024:.1f} MB; gc objects "
                      f"{first['gc_objects']} -> {last['gc_objects']}; allocated blocks "
                      f"{first['allocated_blocks']} -> {last['allocated_blocks']}")
@@ -674,6 +682,8 @@ def main() -> None:
                 break
         load.stop.set()
         load_thread.join(timeout=args.sync_read_timeout + 60)
+        if args.diag:
+            (args.diag / "trim").touch()  # the last dump also tries malloc_trim(0) (soak_gunicorn_conf.py)
         sampler.sample("end")
     except KeyboardInterrupt:
         print("interrupted")

@@ -15,7 +15,9 @@ each worker:
   ``<pid>-<n>.json``: RSS, gc-tracked objects by type (the frozen start-up objects are not
   among them), and the sizes of chatsvc's per-process bookkeeping (registry, executor,
   follower, caches, metric label sets); and ``<pid>-<n>.tm``: the tracemalloc snapshot
-  (``tracemalloc.Snapshot.load`` reads it; ``soak.py`` compares two of them).
+  (``tracemalloc.Snapshot.load`` reads it; ``soak.py`` compares two of them). When the file
+  ``SOAK_DIAG_DIR/trim`` exists (soak.py's last sample), it then calls glibc's ``malloc_trim(0)``
+  and records the RSS after it: the part of the RSS that is freed memory the allocator kept.
 
 Reads chatsvc internals with ``getattr`` defaults: a renamed attribute shows as missing
 (``null``), it does not break the server.
@@ -163,6 +165,13 @@ def _dump(worker, out_dir: str) -> None:
         ])
         snapshot.dump(stem + ".tm.part")
         os.replace(stem + ".tm.part", stem + ".tm")
+    if os.path.exists(os.path.join(out_dir, "trim")):
+        # soak.py asks for this at its last sample: how much of the RSS is memory the allocator
+        # holds free (glibc hands it back on malloc_trim; pymalloc frees whole arenas only)?
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        report["rss_kb_after_malloc_trim"] = _rss_kb()
     report["dump_seconds"] = round(time.monotonic() - started, 3)
     with open(stem + ".json.part", "w") as fh:
         json.dump(report, fh, indent=1, default=str)

@@ -13,14 +13,13 @@ This module knows nothing about Flask; the caller passes settings in.
 from __future__ import annotations
 
 import json
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import TypedDict
+from typing import Any, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
-from openai.types.chat import ChatCompletionChunk
-from openai.types.chat.chat_completion_chunk import Choice
 
 __all__ = [
     "ChatMessage",
@@ -200,15 +199,44 @@ class OpenAIProvider(LLMProvider):
         self._client.close()
 
     def _stream_deltas(self, model: str, messages: list[ChatMessage]) -> Iterator[str]:
-        """Yield each chunk's text as it arrives ("" if none); failures leave as LLMError."""
+        """Yield the text of each read from the server's stream ("" if it held none); failures
+        leave as LLMError.
+
+        The openai client makes the call (base URL, auth, timeouts, HTTP errors), but the
+        stream's bytes are read here: the client would build a pydantic object per piece,
+        which cost more than everything else chatsvc does with it (docs/performance.md,
+        "LLM replies"). The pieces of one read, which arrived together, are yielded as one
+        text, so they become one ``assistant_delta``; nothing is held back for later.
+        """
         finished = False
         try:
-            stream = self._completions.create(model=model, messages=messages, stream=True)
-            with stream:
-                for chunk in stream:
-                    text, chunk_finished = _read_chunk(chunk)
-                    finished = finished or chunk_finished
-                    yield text
+            with self._completions.with_streaming_response.create(
+                    model=model, messages=messages, stream=True) as response:
+                http = response.http_response
+                timeout_error, request_error = _transport_errors(http)
+                events = _EventStream()
+                chunks = http.iter_bytes()
+                while True:
+                    try:
+                        chunk = next(chunks, None)
+                    except timeout_error as exc:  # as the openai client maps them
+                        raise openai.APITimeoutError(request=http.request) from exc
+                    except request_error as exc:
+                        raise openai.APIConnectionError(request=http.request) from exc
+                    if chunk is None:
+                        break
+                    texts, done = [], False
+                    for data in events.feed(chunk):
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        text, chunk_finished = _read_chunk(json.loads(data), http.request)
+                        finished = finished or chunk_finished
+                        if text:
+                            texts.append(text)
+                    yield "".join(texts)
+                    if done:
+                        break
         except (openai.OpenAIError, *_MALFORMED_STREAM_ERRORS) as exc:
             # `from None`: the original exception can hold the server's raw error body (which
             # may echo the key), and chained causes end up in server-log tracebacks.
@@ -271,22 +299,64 @@ def make_provider(
     raise ValueError(f"unknown LLM provider {name!r}; expected 'stub' or 'openai'")
 
 
-def _read_chunk(chunk: object) -> tuple[str, bool]:
-    """Return (text, finished) from one stream chunk; _MalformedChunk if it has the wrong shape."""
-    # The openai client builds chunks without validating them, so a broken server
-    # can hand us anything; check the few fields we use.
-    if not isinstance(chunk, ChatCompletionChunk):
+def _transport_errors(http_response: object) -> tuple[type[Exception], type[Exception]]:
+    """The timeout and request error classes of the HTTP library the openai client uses
+    (httpx, or its successor httpx2 in newer releases), found from its response."""
+    library = sys.modules[type(http_response).__module__.partition(".")[0]]
+    return library.TimeoutException, library.RequestError
+
+
+class _EventStream:
+    """The ``data`` of each Server-Sent Event in a byte stream, fed as it arrives.
+
+    What an OpenAI-compatible stream uses of the format: ``data:`` lines (several join with
+    a line feed), events ended by a blank line, ``\n`` or ``\r\n`` line ends; comments
+    and the other fields are skipped.
+    """
+
+    __slots__ = ("_rest", "_data")
+
+    def __init__(self) -> None:
+        self._rest = b""  # an incomplete last line
+        self._data: list[bytes] = []  # data lines of the event being read
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines = (self._rest + chunk).split(b"\n")
+        self._rest = lines.pop()
+        events = []
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if self._data:
+                    events.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                self._data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+        return events
+
+
+def _read_chunk(chunk: object, request: Any) -> tuple[str, bool]:
+    """Return (text, finished) from one decoded stream chunk; _MalformedChunk if it has the
+    wrong shape, openai.APIError for an error the server sent inside the stream."""
+    if not isinstance(chunk, dict):
         raise _MalformedChunk(f"expected a chat.completion.chunk, got {_shorten(repr(chunk))}")
-    choices = chunk.choices
+    if chunk.get("error"):  # {"error": {...}} inside a 200 stream, as the openai client reads it
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        raise openai.APIError(message if isinstance(message, str) and message
+                              else "An error occurred during streaming", request, body=error)
+    choices = chunk.get("choices")
     if not choices:
         return "", False  # e.g. a usage-only chunk: nothing to show
     choice = choices[0] if isinstance(choices, list) else None
-    if not isinstance(choice, Choice):
+    if not isinstance(choice, dict):
         raise _MalformedChunk("'choices' is not a list of choices")
-    text = getattr(choice.delta, "content", None)
+    delta = choice.get("delta")
+    text = delta.get("content") if isinstance(delta, dict) else None
     if text is not None and not isinstance(text, str):
         raise _MalformedChunk("'delta.content' is not text")
-    return text or "", bool(getattr(choice, "finish_reason", None))
+    return text or "", bool(choice.get("finish_reason"))
 
 
 def _server_message(body: object, fallback: str) -> str:
