@@ -71,6 +71,7 @@ class Metrics:
         self.events = Counter(
             "chatsvc_run_events", "Run events appended, by level", ["level"], registry=self.registry
         )
+        self._events_by_level: dict[str, Counter] = {}
         self._queue = Gauge(
             "chatsvc_executor_queue_depth", "Runs waiting for an executor thread", registry=self.registry
         )
@@ -104,7 +105,12 @@ class Metrics:
             self.run_duration.labels(info.kind).observe(max(0.0, info.finished_at - info.started_at))
 
     def event_appended(self, level: str) -> None:
-        self.events.labels(level).inc()
+        # Once per event (an LLM reply appends one per streamed read): the labelled child is
+        # looked up once per level, not on every call.
+        child = self._events_by_level.get(level)
+        if child is None:
+            child = self._events_by_level[level] = self.events.labels(level)
+        child.inc()
 
     def request_answered(self, method: str, route: str, status: int, seconds: float, *, stream: bool) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
