@@ -258,7 +258,7 @@ class TestOpenAIProvider:
         return make_expert(world.team, prompt_template="Tell {{ input.who }} a joke", model_name="fake-gpt")
 
     def test_streamed_reply(self, client, world, expert, fake_openai):
-        fake_openai.stream(["Why ", "did ", "the ", "chicken…"])
+        fake_openai.stream(["Why ", "did ", "the ", "chicken…"], delay=0.05)  # apart: one delta each
         rv = run(client, world.headers["member"], expert_id=expert.id, input_params={"who": "Ann"})
         assert rv.status_code == 200
         body = rv.get_json()
@@ -293,7 +293,7 @@ class TestOpenAIProvider:
         assert rv.status_code == 200 and body["status"] == "succeeded", body
         assert body["messages"][-1] == {"role": "assistant", "content": "ok \ufffd!"}
         events, done = read_events(client, body["events_url"])  # decodes the stream as UTF-8
-        assert [ev["data"]["text"] for ev in events if ev["message"] == "assistant_delta"] == ["ok ", "\ufffd!"]
+        assert "".join(ev["data"]["text"] for ev in events if ev["message"] == "assistant_delta") == "ok \ufffd!"
         assert done["status"] == "succeeded" and done["result"]["messages"][-1]["content"] == "ok \ufffd!"
 
     def test_server_error_fails_the_run(self, client, world, expert, fake_openai):
@@ -315,7 +315,7 @@ class TestOpenAIProvider:
 
     @pytest.mark.parametrize("more_settings", [{"llm_max_reply_chars": 12}])
     def test_a_reply_past_its_limit_fails_the_run(self, client, world, expert, fake_openai):
-        fake_openai.stream(["Why ", "did ", "the ", "chicken…"])
+        fake_openai.stream(["Why ", "did ", "the ", "chicken…"], delay=0.05)
         body = run(client, world.headers["member"], expert_id=expert.id, input_params={"who": "Ann"}).get_json()
         assert body["status"] == "failed", body
         assert body["error"]["type"] == "LLMError"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, TypedDict
 from urllib.parse import urlsplit, urlunsplit
@@ -205,8 +207,9 @@ class OpenAIProvider(LLMProvider):
         The openai client makes the call (base URL, auth, timeouts, HTTP errors), but the
         stream's bytes are read here: the client would build a pydantic object per piece,
         which cost more than everything else chatsvc does with it (docs/performance.md,
-        "LLM replies"). The pieces of one read, which arrived together, are yielded as one
-        text, so they become one ``assistant_delta``; nothing is held back for later.
+        "LLM replies"). Everything that arrived since the last turn is yielded as one text,
+        so pieces that arrive together (or while the run was busy) become one
+        ``assistant_delta``, and none waits for a later one (``_BodyReader``).
         """
         finished = False
         try:
@@ -215,18 +218,17 @@ class OpenAIProvider(LLMProvider):
                 http = response.http_response
                 timeout_error, request_error = _transport_errors(http)
                 events = _EventStream()
-                chunks = http.iter_bytes()
-                while True:
+                body = _BodyReader(http.iter_bytes(), wait_seconds=self.timeout_seconds + 5)
+                done = False
+                while not done:
                     try:
-                        chunk = next(chunks, None)
+                        chunks, done = body.take()
                     except timeout_error as exc:  # as the openai client maps them
                         raise openai.APITimeoutError(request=http.request) from exc
                     except request_error as exc:
                         raise openai.APIConnectionError(request=http.request) from exc
-                    if chunk is None:
-                        break
-                    texts, done = [], False
-                    for data in events.feed(chunk):
+                    texts = []
+                    for data in (data for chunk in chunks for data in events.feed(chunk)):
                         if data == b"[DONE]":
                             done = True
                             break
@@ -235,8 +237,6 @@ class OpenAIProvider(LLMProvider):
                         if text:
                             texts.append(text)
                     yield "".join(texts)
-                    if done:
-                        break
         except (openai.OpenAIError, *_MALFORMED_STREAM_ERRORS) as exc:
             # `from None`: the original exception can hold the server's raw error body (which
             # may echo the key), and chained causes end up in server-log tracebacks.
@@ -297,6 +297,64 @@ def make_provider(
         return OpenAIProvider(base_url=base_url, api_key=api_key, timeout_seconds=timeout_seconds,
                               max_reply_chars=max_reply_chars)
     raise ValueError(f"unknown LLM provider {name!r}; expected 'stub' or 'openai'")
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _BodyReader:
+    """An HTTP response body read by a thread of its own (a greenlet under gevent).
+
+    ``take()`` returns every chunk that arrived since the last call, waiting only when there
+    is none: pieces that arrive together, or while the caller was busy, are handled in one
+    turn, and none is held back for a later one. (The HTTP client hands over each chunk of
+    the response's chunked encoding on its own, even when many came in one read.) The
+    reader's failure (a timeout, a broken connection) is raised by ``take()`` after the
+    chunks that came before it. Closing the response ends the reader.
+    """
+
+    _END = object()
+
+    def __init__(self, chunks: Iterator[bytes], *, wait_seconds: float) -> None:
+        self._chunks = chunks
+        self._wait_seconds = wait_seconds  # a backstop: the HTTP client's own read timeout comes first
+        self._pending: deque[Any] = deque()
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, name="chatsvc-llm-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for chunk in self._chunks:
+                self._pending.append(chunk)
+                self._ready.set()
+        except BaseException as error:  # handed to the caller, whose run reports it
+            self._pending.append(_Failed(error))
+        else:
+            self._pending.append(self._END)
+        self._ready.set()
+
+    def take(self) -> tuple[list[bytes], bool]:
+        """(the chunks that arrived since the last call, whether the body ended)."""
+        if not self._ready.wait(self._wait_seconds):
+            raise LLMError("the LLM server's stream stopped without a timeout")
+        self._ready.clear()  # before taking: a chunk appended from now on sets it again
+        taken: list[bytes] = []
+        while self._pending:
+            item = self._pending.popleft()
+            if item is self._END:
+                return taken, True
+            if isinstance(item, _Failed):
+                if taken:  # the chunks before the failure first
+                    self._pending.appendleft(item)
+                    self._ready.set()
+                    return taken, False
+                raise item.error
+            taken.append(item)
+        return taken, False
 
 
 def _transport_errors(http_response: object) -> tuple[type[Exception], type[Exception]]:

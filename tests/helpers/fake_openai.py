@@ -70,6 +70,7 @@ class _Behaviour:
     status: int = 500
     error_body: dict[str, Any] = field(default_factory=dict)
     raw_data: tuple[str, ...] = ()  # payloads sent verbatim as `data:` lines
+    together: bool = False  # every chunk of the reply in one write (they arrive together)
 
 
 class FakeOpenAI:
@@ -144,15 +145,17 @@ class FakeOpenAI:
         delay: float = 0.0,
         stall_after: int | None = None,
         finish: bool = True,
+        together: bool = False,
     ) -> None:
         """Answer with these content chunks as SSE.
 
         ``delay`` waits before each chunk; ``stall_after=n`` sends n chunks then goes silent
         until the server stops; ``finish=False`` ends the response with neither a
-        finish_reason nor [DONE] (a truncated reply).
+        finish_reason nor [DONE] (a truncated reply); ``together`` writes the whole reply
+        at once, so the client reads its pieces together.
         """
         self._set(_Behaviour(mode="stream", chunks=tuple(chunks), delay=delay,
-                             stall_after=stall_after, finish=finish))
+                             stall_after=stall_after, finish=finish, together=together))
 
     def fail(self, status: int, message: str = "fake failure", *, error_type: str = "server_error",
              code: str | None = None) -> None:
@@ -321,6 +324,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
             return
 
         completion_id = f"chatcmpl-fake-{time.monotonic_ns()}"
+        self._held = [] if behaviour.together else None
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
             return json.dumps({
@@ -348,14 +352,21 @@ class _ChatHandler(BaseHTTPRequestHandler):
         if behaviour.finish:
             self._send_event(chunk({}, finish_reason="stop"))
             self._send_event("[DONE]")
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.wfile.write(b"".join(held))
         self._end_body()
 
     def _send_event(self, payload: str) -> None:
         self._write_chunk(f"data: {payload}\n\n".encode())
 
     def _write_chunk(self, data: bytes) -> None:
-        """Write one HTTP/1.1 chunk and flush it, so the client sees it now."""
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        """Write one HTTP/1.1 chunk and flush it, so the client sees it now (or hold it)."""
+        framed = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+        if getattr(self, "_held", None) is not None:
+            self._held.append(framed)
+            return
+        self.wfile.write(framed)
         self.wfile.flush()
 
     def _end_body(self) -> None:

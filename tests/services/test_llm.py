@@ -17,6 +17,7 @@ from chatsvc.services.llm import (
     OpenAIProvider,
     StubProvider,
     make_provider,
+    _EventStream,
 )
 from tests.helpers.fake_openai import FakeOpenAI
 
@@ -70,7 +71,8 @@ def test_stub_answers_stubbed_without_streaming() -> None:
 
 
 def test_openai_streams_each_chunk_and_returns_the_whole_reply(fake_openai, provider) -> None:
-    fake_openai.stream(["Hel", "lo", ", ", "wor", "ld"])
+    # Pieces 50 ms apart: each is handed on as it arrives, none waits for the next.
+    fake_openai.stream(["Hel", "lo", ", ", "wor", "ld"], delay=0.05)
 
     reply, deltas = complete(provider, model="my-model")
 
@@ -82,6 +84,30 @@ def test_openai_streams_each_chunk_and_returns_the_whole_reply(fake_openai, prov
     assert request.messages == MESSAGES
     assert request.body["stream"] is True
     assert request.authorization == f"Bearer {API_KEY}"
+
+
+def test_pieces_that_arrive_together_are_one_delta_and_the_deltas_are_the_reply(fake_openai, provider) -> None:
+    """SPEC §14: one `assistant_delta` may carry the pieces that arrived together."""
+    pieces = [f"piece {n} " for n in range(50)]
+    fake_openai.stream(pieces, together=True)
+
+    reply, deltas = complete(provider, model="my-model")
+
+    assert reply == "".join(pieces) == "".join(deltas)
+    assert len(deltas) < len(pieces)  # read together, handed on together, nothing held back
+
+
+@pytest.mark.parametrize("wire, expected", [
+    ([b'data: {"a":1}\n\n'], [b'{"a":1}']),
+    ([b'data: {"a":1}\r\n\r\n', b'data:{"b":2}\n\n'], [b'{"a":1}', b'{"b":2}']),  # CRLF, no space
+    ([b'data: {"a"', b':1}\n', b'\n'], [b'{"a":1}']),  # split anywhere, even between lines
+    ([b': keep-alive\n\nevent: x\nid: 3\ndata: [DONE]\n\n'], [b"[DONE]"]),  # comments, other fields
+    ([b"data: one\ndata: two\n\n"], [b"one\ntwo"]),  # several data lines join with a line feed
+    ([b"data: unfinished"], []),  # no blank line yet: not an event
+])
+def test_the_event_stream_reader_follows_the_sse_format(wire, expected) -> None:
+    reader = _EventStream()
+    assert [event for chunk in wire for event in reader.feed(chunk)] == expected
 
 
 def test_missing_api_key_sends_a_placeholder_not_the_env_key(fake_openai, monkeypatch) -> None:
@@ -101,7 +127,8 @@ def test_one_provider_serves_many_threads_at_once(fake_openai, provider) -> None
     with ThreadPoolExecutor(max_workers=8) as pool:
         replies = list(pool.map(lambda _: complete(provider), range(16)))
 
-    assert replies == [("abc", ["a", "b", "c"])] * 16
+    # Pieces that arrive while a busy thread handles the last may come as one delta.
+    assert [(reply, "".join(deltas)) for reply, deltas in replies] == [("abc", "abc")] * 16
     assert len(fake_openai.requests) == 16
 
 
@@ -210,7 +237,7 @@ def test_server_that_stalls_mid_stream_times_out(fake_openai, provider) -> None:
         provider.complete(model="m", messages=MESSAGES, on_delta=deltas.append, should_cancel=never)
 
     assert time.monotonic() - started < 3.0
-    assert deltas == ["one ", "two "]
+    assert "".join(deltas) == "one two "  # what came before the stall was handed on
 
 
 def test_connection_refused_becomes_llm_error() -> None:
