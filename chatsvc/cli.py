@@ -182,11 +182,18 @@ def _check_config(env: dict[str, str]) -> None:
 def _print_demo(url: str) -> None:
     from chatsvc import demo, migrations
     from chatsvc.extensions import db
+    from chatsvc.services.jsonata import pool as jsonata_pool
 
     app = _app()
-    with app.app_context():
-        migrations.upgrade(db.engine)
-        seeded = demo.seed(DEMO_ADMIN, DEMO_PASSWORD, demo_key_file())
+    try:
+        with app.app_context():
+            migrations.upgrade(db.engine)
+            seeded = demo.seed(DEMO_ADMIN, DEMO_PASSWORD, demo_key_file())
+    finally:
+        # This process execs gunicorn next: its threads and evaluator processes must end
+        # here, or the evaluators stay as <defunct> children of the gunicorn master.
+        app.extensions["chatsvc.shutdown"]()
+        jsonata_pool.shutdown()
     click.echo(f"chatsvc demo at {url}/  (sign in as {seeded['admin_email']} / {seeded['admin_password']})")
     click.echo(json.dumps(seeded, indent=2))
     click.echo("Try it:")

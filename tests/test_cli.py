@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+from pathlib import Path
 import sys
 import time
 
@@ -193,6 +194,20 @@ def free_port() -> int:
 
 
 @pytest.mark.server
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "?"
+
+
 def test_serve_demo_answers_the_printed_curl(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSVC_")}
@@ -233,6 +248,10 @@ def test_serve_demo_answers_the_printed_curl(tmp_path):
         assert rv.json()["id"] == expert_id and rv.json()["name"]
         assert httpx.get(expert_url, timeout=10).status_code == 401
         assert (tmp_path / "instance" / "chatsvc.db").exists()  # the demo's SQLite, in the instance folder
+        # The demo's set-up ran in this very process before it became gunicorn's master: none
+        # of its evaluator processes is left over as a <defunct> child of the master.
+        zombies = [pid for pid in _children(process.pid) if _state(pid) == "Z"]
+        assert not zombies, f"defunct children of the gunicorn master: {zombies}"
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

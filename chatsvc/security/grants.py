@@ -52,7 +52,8 @@ class StreamGrants:
     ``seconds=0``: ask every time. An open stream is never cut off either way.
     Only found callers and "yes" answers are kept: a refusal is asked again.
 
-    Plain dict operations, no lock (as ``caller.VerifiedTokens``); cleared when full.
+    Plain dict operations, no lock (as ``caller.VerifiedTokens``); answers past their time are
+    dropped as new ones come, and the whole is cleared if it ever fills.
     """
 
     def __init__(self, seconds: float, size: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
@@ -76,10 +77,28 @@ class StreamGrants:
             return held[2]
         answer = ask()
         if answer and self._seconds > 0:
-            if len(self._items) >= self._size:
-                self._items = {}
-            self._items[question] = (as_of, self._clock() + self._seconds, answer)
+            now = self._clock()
+            items = self._items
+            items.pop(question, None)  # re-inserted last: the order of the dict is that of expiry
+            self._forget_expired(now)
+            if len(items) >= self._size:
+                self._items = items = {}
+            items[question] = (as_of, now + self._seconds, answer)
         return answer
+
+    def _forget_expired(self, now: float) -> None:
+        """Drops the answers past their time, oldest first: the cache holds about what one
+        ``seconds`` brings, not every stream opened until it is full (a soak saw it grow to
+        the cap and start again)."""
+        items = self._items
+        while items:
+            try:
+                oldest = next(iter(items))
+                if items[oldest][1] > now:
+                    return
+                del items[oldest]
+            except (KeyError, RuntimeError):  # another thread changed it meanwhile: next time
+                return
 
 
 def run_for_stream_token(caller_key: str, registry: RunRegistry, run_id: str, grants: StreamGrants) -> RunInfo:

@@ -139,3 +139,32 @@ def test_a_follower_that_fails_mid_stream_restarts_and_its_streams_lose_and_repe
     assert [e.id for e in events] == list(range(1, 22)) and events[-1].event == "done"
     assert "run follower failed; restarting it" in caplog.text
     assert follower._reader.running  # the same supervised thread, still reading
+
+
+def test_a_wake_that_fails_leaves_no_feed_behind(reg, monkeypatch):
+    """A soak found feeds kept for the life of the process: the wake-up of a new subscription
+    failed (Redis slow or away) after the feed was registered, before anything could release it."""
+    from chatsvc.runs.model import RegistryUnavailable
+
+    def unavailable(*args, **kwargs):
+        raise RegistryUnavailable()
+
+    monkeypatch.setattr(reg, "wake_follower", unavailable)
+    run_id = running_run(reg, events=2)
+    with reg.subscribe(run_id) as feed:
+        reg.append(run_id, "info", "e3")  # still followed: the reader takes it in by itself
+        assert feed.read(2, WAIT).last_seq == 3
+    assert reg._follower.followed == 0
+
+
+def test_a_subscription_that_fails_after_its_backlog_leaves_no_feed_behind(reg, monkeypatch):
+    run_id = running_run(reg, events=2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot start the reader")
+
+    monkeypatch.setattr(reg._follower._reader, "ensure_started", broken)
+    with pytest.raises(RuntimeError):
+        with reg.subscribe(run_id):
+            pass
+    assert reg._follower.followed == 0

@@ -33,7 +33,7 @@ import redis
 
 from chatsvc.concurrency import ProcessThread
 from chatsvc.runs.feed import RunFeed
-from chatsvc.runs.model import RunNotFound
+from chatsvc.runs.model import RegistryUnavailable, RunNotFound
 from chatsvc.runs.sse import done_wire, log_wire
 
 log = logging.getLogger("chatsvc.runs")
@@ -99,10 +99,7 @@ class RedisFollower:
         try:
             yield entry.feed
         finally:
-            with self._lock:
-                entry.feed.subscribers -= 1
-                if entry.feed.subscribers == 0 and self._runs.get(run_id) is entry:
-                    del self._runs[run_id]  # the reader drops it from its next XREAD
+            self._release(run_id, entry)
 
     def close(self) -> None:
         """Stops the reader (tests and app teardown); open feeds are aborted."""
@@ -125,18 +122,14 @@ class RedisFollower:
             # Another subscriber is loading the backlog; its feed is ours once loaded.
             entry.loaded.wait(LOAD_WAIT_SECONDS)
             if entry.error is not None or not entry.loaded.is_set():
-                with self._lock:
-                    entry.feed.subscribers -= 1
+                self._release(run_id, entry)
                 raise entry.error or RunNotFound(run_id)
             return entry
         try:
             events, done = self._store.backlog(run_id)
         except BaseException as exc:
             entry.error = exc
-            with self._lock:
-                entry.feed.subscribers -= 1
-                if self._runs.get(run_id) is entry:
-                    del self._runs[run_id]
+            self._release(run_id, entry)
             entry.loaded.set()
             raise
         for seq, event_json in events:
@@ -145,10 +138,21 @@ class RedisFollower:
             entry.feed.close(done_wire(entry.feed.last_seq + 1, done))
         entry.loaded.set()
         if done is None:
-            self._reader.ensure_started()
-            self._changed.set()
-            self._interrupt()  # after `loaded` is set: see _interrupt
+            try:
+                self._reader.ensure_started()
+                self._changed.set()
+                self._interrupt()  # after `loaded` is set: see _interrupt
+            except BaseException:  # nothing may keep a feed that no subscriber holds
+                self._release(run_id, entry)
+                raise
         return entry
+
+    def _release(self, run_id: str, entry: _Followed) -> None:
+        """One subscriber less; the last one takes the run out (the reader drops it from its next XREAD)."""
+        with self._lock:
+            entry.feed.subscribers -= 1
+            if entry.feed.subscribers == 0 and self._runs.get(run_id) is entry:
+                del self._runs[run_id]
 
     def _interrupt(self) -> None:
         """Ends the reader's current XREAD BLOCK so it re-reads the set of followed runs.
@@ -162,8 +166,10 @@ class RedisFollower:
         self._wake_pending = True
         try:
             self._store.wake_follower(self._wake_key, WAKE_TTL_SECONDS)
-        except _UNAVAILABLE:
-            pass  # the reader meets the same outage and aborts the feeds
+        except (RegistryUnavailable, *_UNAVAILABLE):
+            # The reader meets the same outage (and aborts the feeds), or Redis was only
+            # slow: it takes the new run in at its next XREAD (within BLOCK_MS) anyway.
+            self._wake_pending = False
 
     def _streams(self) -> dict[str, str]:
         """``XREAD`` arguments: each loaded, unfinished run's stream after its last seq."""

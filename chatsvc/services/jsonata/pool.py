@@ -199,6 +199,7 @@ class EvaluatorPool:
         self._suspects: OrderedDict[bytes, float] = OrderedDict()  # expression digest -> suspect until (monotonic)
         self._idle: list[_Child] = []
         self._closed = False
+        self._starters: list[threading.Thread] = []  # warm_up(), joined by close()
 
     # --- callers ---------------------------------------------------------------
 
@@ -394,11 +395,21 @@ class EvaluatorPool:
         with self._lock:
             missing = self.size - len(self._idle)
         for _ in range(missing):
-            threading.Thread(target=self._replace, args=(None,), name="jsonata-start", daemon=True).start()
+            starter = threading.Thread(target=self._replace, args=(None,), name="jsonata-start", daemon=True)
+            self._starters.append(starter)
+            starter.start()
 
     def close(self) -> None:
-        """Stop every idle child (shutdown); children in use end when their callers release them."""
+        """Stop every idle child (shutdown); children in use end when their callers release them.
+
+        Waits for evaluators still starting (they stop at once, seeing the pool closed): a
+        process that execs next (``chatsvc serve --demo``) must leave no child unreaped.
+        """
         self._closed = True
+        starters, self._starters = self._starters, []
+        for starter in starters:
+            if starter is not threading.current_thread():
+                starter.join(timeout=10)
         with self._lock:
             idle, self._idle = self._idle, []
         for child in idle:
