@@ -217,7 +217,8 @@ class OpenAIProvider(LLMProvider):
                     model=model, messages=messages, stream=True) as response:
                 http = response.http_response
                 timeout_error, request_error = _transport_errors(http)
-                events = _EventStream()
+                # One piece in JSON is at most 6 bytes a character (\uXXXX), plus its envelope.
+                events = _EventStream(max_bytes=6 * self.max_reply_chars + (64 << 10))
                 body = _BodyReader(http.iter_bytes(), wait_seconds=self.timeout_seconds + 5)
                 done = False
                 while not done:
@@ -372,15 +373,18 @@ class _EventStream:
     and the other fields are skipped.
     """
 
-    __slots__ = ("_rest", "_data")
+    __slots__ = ("_rest", "_data", "_max_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
         self._rest = b""  # an incomplete last line
         self._data: list[bytes] = []  # data lines of the event being read
+        self._max_bytes = max_bytes  # of a line: a server that never ends one is refused
 
     def feed(self, chunk: bytes) -> list[bytes]:
         lines = (self._rest + chunk).split(b"\n")
         self._rest = lines.pop()
+        if len(self._rest) > self._max_bytes:
+            raise _MalformedChunk(f"a line of the stream is longer than {self._max_bytes:,} bytes")
         events = []
         for line in lines:
             if line.endswith(b"\r"):

@@ -110,6 +110,22 @@ def test_the_event_stream_reader_follows_the_sse_format(wire, expected) -> None:
     assert [event for chunk in wire for event in reader.feed(chunk)] == expected
 
 
+def test_a_line_that_never_ends_is_refused_before_it_is_held_whole() -> None:
+    reader = _EventStream(max_bytes=1000)
+    reader.feed(b"data: " + b"x" * 900)
+    with pytest.raises(Exception, match="longer than 1,000 bytes"):
+        reader.feed(b"x" * 200)
+
+
+def test_a_server_streaming_one_endless_line_fails_the_call(fake_openai) -> None:
+    provider = OpenAIProvider(base_url=fake_openai.base_url, api_key=API_KEY, timeout_seconds=5,
+                              max_reply_chars=100)
+    fake_openai.send_raw(["x" * 1_000_000])  # one line of a megabyte, arriving in many reads
+    with pytest.raises(LLMError, match="malformed stream: a line of the stream is longer"):
+        complete(provider)
+    provider.close()
+
+
 def test_missing_api_key_sends_a_placeholder_not_the_env_key(fake_openai, monkeypatch) -> None:
     # The openai client would otherwise fall back to OPENAI_API_KEY and leak it to this server.
     monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")
