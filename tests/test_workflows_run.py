@@ -548,7 +548,7 @@ class TestExpertNodeOnTheOpenAIProvider:
         )
 
     def test_streams_deltas_inside_the_node(self, client, world, workflow, fake_openai):
-        fake_openai.stream(["Short", " and", " sweet"])
+        fake_openai.stream(["Short", " and", " sweet"], delay=0.05)  # apart: one delta each
         body, events, _ = run_sync(client, world.headers["member"], workflow, {"topic": "DAGs"})
         assert body["status"] == "succeeded"
         assert outputs(body)["ask"] == {"summary": "Short and sweet"}

@@ -16,6 +16,10 @@ entry there. (Unlike ``CLIENT UNBLOCK``, an entry added just before the
 ``XREAD`` is sent still ends it, so no change can be missed.) When Redis cannot be
 reached, every feed is aborted: open streams end without ``done`` and
 ``EventSource`` reconnects (to a 503 until Redis is back, then it resumes).
+
+The reader is supervised (``_supervise``): whatever else stops its loop is logged and the
+loop starts again at once, reading on from each feed's last seq, so the streams it serves
+lose and repeat nothing.
 """
 
 from __future__ import annotations
