@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import Counter as Tally
-from typing import Callable
+from typing import Any, Callable
 
 from flask import Flask, request
 
@@ -21,6 +21,7 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 STREAM_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 14400)
 STREAM_ENDPOINT = "streams.RunEvents"  # long-lived: counted and timed apart from request latency
 _STARTED_KEY = "chatsvc.request_started"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _RunsInRegistry:
@@ -71,7 +72,7 @@ class Metrics:
         self.events = Counter(
             "chatsvc_run_events", "Run events appended, by level", ["level"], registry=self.registry
         )
-        self._events_by_level: dict[str, Counter] = {}
+        self._children: dict[tuple, Any] = {}  # (metric, *labels) -> its labelled child
         self._queue = Gauge(
             "chatsvc_executor_queue_depth", "Runs waiting for an executor thread", registry=self.registry
         )
@@ -105,23 +106,29 @@ class Metrics:
             self.run_duration.labels(info.kind).observe(max(0.0, info.finished_at - info.started_at))
 
     def event_appended(self, level: str) -> None:
-        # Once per event (an LLM reply appends one per streamed read): the labelled child is
-        # looked up once per level, not on every call.
-        child = self._events_by_level.get(level)
-        if child is None:
-            child = self._events_by_level[level] = self.events.labels(level)
-        child.inc()
+        _child(self._children, self.events, level).inc()
 
     def request_answered(self, method: str, route: str, status: int, seconds: float, *, stream: bool) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
+        _child(self._children, self.http_requests, method, route, status).inc()
         if not stream:
-            self.http_latency.labels(method, route).observe(seconds)
+            _child(self._children, self.http_latency, method, route).observe(seconds)
 
     def stream_timer(self) -> "StreamTimer":
         return StreamTimer(self)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _child(children: dict[tuple, Any], metric: Any, *labels: Any) -> Any:
+    """``metric.labels(*labels)``, looked up once: it is called per event and per request, and
+    prometheus-client's lookup costs more than the increment. Labels come from bounded sets
+    (levels, methods, route patterns, statuses), so the dict stays small."""
+    key = (metric, *labels)
+    child = children.get(key)
+    if child is None:
+        child = children[key] = metric.labels(*(str(label) for label in labels))
+    return child
 
 
 class StreamTimer:
@@ -155,7 +162,8 @@ def instrument(app: Flask, metrics: Metrics) -> None:
         started = request.environ.get(_STARTED_KEY)
         if started is not None:
             route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.request_answered(request.method, route, response.status_code, time.perf_counter() - started,
+            method = request.method if request.method in _METHODS else "other"  # a client picks it: bound it
+            metrics.request_answered(method, route, response.status_code, time.perf_counter() - started,
                                      stream=request.endpoint == STREAM_ENDPOINT and response.status_code == 200)
         return response
 

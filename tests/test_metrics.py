@@ -74,3 +74,11 @@ def test_streams_are_counted_and_timed_apart_from_request_latency(client, world)
     assert value("chatsvc_sse_streams_opened_total") == 1
     assert value("chatsvc_sse_stream_duration_seconds_count") == 1
     assert value("chatsvc_http_requests_total", route="/api/v1/experts/<int:expert_id>", status="404") == 1
+
+
+def test_a_client_cannot_grow_the_metrics_by_inventing_methods(client):
+    for n in range(20):
+        client.open("/api/v1/experts", method=f"BREW{n}")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "BREW" not in text
+    assert 'method="other"' in text
