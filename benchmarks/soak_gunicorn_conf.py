@@ -109,12 +109,12 @@ def _bookkeeping(app) -> dict:
     except Exception as exc:  # noqa: BLE001
         out["feeds_alive"] = repr(exc)
     try:
-        from chatsvc.services import jsonata_eval, jsonata_pool
+        from chatsvc.services.jsonata import expressions, pool as jsonata_pool
 
         pool_ = getattr(jsonata_pool, "_pool", None)
         for name in ("_lanes", "_held", "_suspects", "_idle"):
-            out[f"jsonata_pool.{name}"] = _len(pool_, name) if pool_ is not None else None
-        out["jsonata_eval.compile_cache"] = jsonata_eval.compile_expression.cache_info().currsize
+            out[f"jsonata.pool.{name}"] = _len(pool_, name) if pool_ is not None else None
+        out["jsonata.expressions.compile_cache"] = expressions.compile_expression.cache_info().currsize
     except Exception as exc:  # noqa: BLE001
         out["jsonata"] = repr(exc)
     try:  # label sets per metric: a label made of raw paths or ids would grow here
