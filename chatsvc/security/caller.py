@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from dataclasses import dataclass, field
 
@@ -132,10 +133,17 @@ def _caller_from_jwt(header: str) -> Caller:
     return caller
 
 
+_services = Service.__table__.c
+_SERVICE_BY_KEY = select(_services.id, _services.team_id, _services.api_key_hash, _services.disabled).where(
+    _services.api_key_hash == bindparam("key_hash"))
+
+
 def _caller_from_api_key(key: str) -> Caller:
-    # Look up by hash (indexed); the constant-time compare guards the final match.
-    service = db.session.scalar(select(Service).where(Service.api_key_hash == hash_api_key(key)))
-    if service is None or not service.key_matches(key):
+    # Look up by hash (indexed); the constant-time compare guards the final match. A plain
+    # row, not an ORM object: every request of a service starts here.
+    key_hash = hash_api_key(key)
+    service = db.session.connection().execute(_SERVICE_BY_KEY, {"key_hash": key_hash}).first()
+    if service is None or not hmac.compare_digest(service.api_key_hash, key_hash):
         raise Unauthorized("Invalid API key")
     if service.disabled:
         raise Unauthorized("Service is disabled")
