@@ -42,7 +42,8 @@ DEMO_INPUTS: dict[str, Any] = {
 
 EXPERT_TEMPLATE = """You are a careful travel planner. Today is {{ base.now }} ({{ base.timezone }}).
 
-Plan a {{ input.days }}-day trip to {{ input.city }} for {{ $count(input.travellers) }} travellers: \
+Plan a {{ input.days }}-day trip to {{ input.city }} for {{ $count(input.travellers) }} \
+traveller{{ $count(input.travellers) = 1 ? "" : "s" }}: \
 {{ $join(input.travellers[*].name, ", ") }} (average age {{ $round($average(input.travellers.age)) }}).
 Interests: {{ input.interests }}.
 Budget: {{ input.budget }} {{ base.currency }} in total, {{ $round(input.budget / input.days) }} per day.
@@ -143,7 +144,7 @@ def seed(admin_email: str, password: str, key_file: str | None = None) -> dict[s
         workflow = Workflow(
             team_id=team.id,
             name="Trip pipeline",
-            description="A diamond: greet and compute stats in parallel branches, merge, ask the expert.",
+            description="A diamond: greet and compute stats on two branches (run one after the other), merge, ask the expert.",
             example_input=DEMO_INPUTS,
         )
         db.session.add(workflow)
@@ -167,6 +168,7 @@ def seed(admin_email: str, password: str, key_file: str | None = None) -> dict[s
         "admin_email": admin.email,
         "admin_password": password,
         "member_email": member.email,
+        "member_password": password,  # a team member, not an admin: to see what members may do
         "team_id": team.id,
         "service_id": service.id,
         "service_api_key": key,

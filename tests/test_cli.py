@@ -157,6 +157,8 @@ def test_demo_data_is_idempotent_and_usable(runner, client, ctx):
     assert rv.get_json()["example_input"] and client.get(  # the Chat page pre-fills these
         f"{API}/experts/{second['expert_id']}", headers=admin).get_json()["example_input"]
     assert client.get(f"{API}/users", headers=admin).status_code == 200
+    member = login(client, second["member_email"], second["member_password"])  # printed, and it works
+    assert client.get(f"{API}/users", headers=member).status_code == 403
 
 
 def test_errors_exit_cleanly_with_a_message(runner, subtests):
