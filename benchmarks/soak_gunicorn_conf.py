@@ -101,7 +101,7 @@ def _bookkeeping(app) -> dict:
     out["executor.pool._work_queue"] = work_queue.qsize() if work_queue is not None else None
     out["stream_grants._items"] = _len(runtime, "stream_grants", "_items")
     tokens = app.extensions.get("chatsvc.verified_tokens")
-    out["verified_tokens._items"] = _len(tokens, "_items") if tokens is not None else None
+    out["verified_tokens._items"] = _len(tokens, "_verified", "_items") if tokens is not None else None
     try:
         from chatsvc.runs.feed import feeds_alive
 

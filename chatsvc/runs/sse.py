@@ -18,7 +18,7 @@ RETRY_PREAMBLE_BYTES = RETRY_PREAMBLE.encode()
 # \x0b, \x1c, \u2028 ... which a browser keeps inside the line.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _DIGITS = re.compile(r"[0-9]+")  # ASCII digits only: int() would also take "٣", "+5" and "1_0"
-MAX_SEQ = 10**18  # a longer Last-Event-ID is past every run's end: no giant ints from a header
+MAX_SEQ = 10**18  # any Last-Event-ID of more digits is past every run's end: no giant ints from a header
 # JSON may write a lone UTF-16 surrogate ("\ud800"); Python keeps it in a str, and UTF-8,
 # the stream's encoding, cannot carry it. (In a str every surrogate is a lone one: a valid
 # pair is decoded to the one character it stands for.)
@@ -92,7 +92,7 @@ def parse_last_event_id(value: str | None) -> int:
         return 0
     if not _DIGITS.fullmatch(value):
         raise ValueError("Last-Event-ID must be a non-negative integer: the id of the last event received")
-    return MAX_SEQ if len(value) > len(str(MAX_SEQ)) - 1 else int(value)
+    return int(value) if len(value) <= 18 else MAX_SEQ
 
 
 def _one_line(value: str) -> str:

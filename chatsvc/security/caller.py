@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select
 from chatsvc.errors import BadRequest, Unauthorized
 from chatsvc.extensions import db
 from chatsvc.models import Membership, Service, User, hash_api_key, is_possible_id
-from chatsvc.security.tokens import StreamTokens
+from chatsvc.security.tokens import StreamTokens, Verified
 
 API_KEY_HEADER = "X-API-Key"
 _CALLER_KEY = "chatsvc.caller"
@@ -83,27 +83,18 @@ def load_user_caller(user_id: int) -> Caller | None:
 
 
 class VerifiedTokens:
-    """Access tokens this process has already verified: token -> (user id, expiry).
-
-    A token is signed and immutable, so verifying it again gives the same answer
-    until it expires; a request with a known token skips the signature check.
-    Bounded by clearing when full (no lock needed: single dict operations).
-    """
+    """Access tokens this process has already verified (``tokens.Verified``): a request with a
+    known token skips the signature check."""
 
     def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._items: dict[str, tuple[int, float]] = {}
+        self._verified: Verified[int] = Verified(size)
 
     def user_id(self, token: str) -> int:
         """The token's user id; raises Unauthorized if it is invalid or expired."""
-        entry = self._items.get(token)
-        if entry is None:
-            entry = self._items[token] = _verify(token)
-            if len(self._items) > self._size:
-                self._items = {token: entry}
-        user_id, expires_at = entry
-        if time.time() >= expires_at:
-            raise Unauthorized("Token has expired")
+        user_id = self._verified.get(token, time.time())
+        if user_id is None:
+            user_id, expires_at = _verify(token)  # raises Unauthorized once the token expired
+            self._verified.put(token, user_id, expires_at)
         return user_id
 
 

@@ -217,7 +217,7 @@ class OpenAIProvider(LLMProvider):
                     model=model, messages=messages, stream=True) as response:
                 http = response.http_response
                 timeout_error, request_error = _transport_errors(http)
-                # One piece in JSON is at most 6 bytes a character (\uXXXX), plus its envelope.
+                # JSON spells a character in at most 6 bytes (a \u escape), plus the envelope.
                 events = _EventStream(max_bytes=6 * self.max_reply_chars + (64 << 10))
                 body = _BodyReader(http.iter_bytes(), wait_seconds=self.timeout_seconds + 5)
                 done = False

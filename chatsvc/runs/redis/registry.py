@@ -71,12 +71,9 @@ def _guarded(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_json = compact_json
-
-
 def _event_tail(ts: float, level: str, message: str, data: dict) -> str:
     """An event's JSON without its opening ``{"seq":N,`` (Lua prepends it)."""
-    return _json({"ts": ts, "level": level, "message": message, "data": data})[1:]
+    return compact_json({"ts": ts, "level": level, "message": message, "data": data})[1:]
 
 
 def _float(value: str | None) -> float | None:
@@ -241,7 +238,7 @@ class RedisRunRegistry(RunRegistry):
         seq = self._s_append(
             keys=[self.run_key(run_id), self.stream_key(run_id)],
             args=[level, _event_tail(ts, level, message, data), self.limits.max_events_per_run,
-                  '"ts":' + _json(ts) + self._truncated_rest])
+                  '"ts":' + compact_json(ts) + self._truncated_rest])
         return seq if seq > 0 else None
 
     @_guarded
@@ -254,7 +251,7 @@ class RedisRunRegistry(RunRegistry):
         done_seq = self._s_finish(
             keys=[self.run_key(run_id), self.stream_key(run_id)],
             args=[status, repr(self._clock()),
-                  "" if result is None else _json(result), "" if error is None else _json(error),
+                  "" if result is None else compact_json(result), "" if error is None else compact_json(error),
                   done_json(run_id, status, result, error), self._ttl_ms])
         if not done_seq:
             return False
@@ -357,7 +354,7 @@ class RedisRunRegistry(RunRegistry):
                 error: dict) -> list[str]:
         """Fails each run whose `field` (lease or deadline) passed; returns those now over."""
         now = self._clock()
-        tail, error_json = _event_tail(now, "error", message, data), _json(error)
+        tail, error_json = _event_tail(now, "error", message, data), compact_json(error)
         with self._redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
                 self._s_expire(keys=[self.run_key(run_id), self.stream_key(run_id)],
